@@ -1,0 +1,31 @@
+"""gshard: GShard (Lepikhin et al., 2020) for JAX.
+
+Annotate a single-device program with `replicate`, `split`, `mesh_split` or `shard`; then
+`gshard.partition(fn, mesh)` propagates shardings over the whole program (backward pass included),
+partitions it into one SPMD per-device program and runs it with jax.shard_map under jax.jit.
+"""
+import os as _os
+
+from jax._src import source_info_util as _siu
+
+_siu.register_exclusion(_os.path.dirname(_os.path.abspath(__file__)))
+
+from .annotate import mesh_split, replicate, shard, split  # noqa: E402
+from .errors import AnnotationError, GShardError, UnsupportedPrimitiveError  # noqa: E402
+from .spec import ShardingSpec  # noqa: E402
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in ("partition", "Partitioned", "Lowered"):
+        from . import api
+        return getattr(api, name)
+    if name == "moe":
+        import importlib
+        return importlib.import_module(".moe", __name__)
+    raise AttributeError(name)
+
+
+__all__ = ["replicate", "split", "mesh_split", "shard", "partition", "ShardingSpec",
+           "GShardError", "AnnotationError", "UnsupportedPrimitiveError"]

@@ -1,0 +1,40 @@
+"""`gshard` / `python -m gshard`: run (the main job), rules, data, and the tools around them."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+
+SUBCOMMANDS = {  # name -> module with add_parser(subparsers) and run(args)
+    "run": "gshard.cli.run_cmd",
+    "rules": "gshard.cli.rules_cmd",
+    "data": "gshard.cli.data_cmd",
+}
+
+
+def _ensure_devices(n: int = 8):
+    """Simulated CPU devices must be requested before JAX starts."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    from jax._src import xla_bridge  # XLA_FLAGS is read when the first backend starts
+
+    started = getattr(xla_bridge, "backends_are_initialized", lambda: False)()
+    if "xla_force_host_platform_device_count" not in flags and not started:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gshard", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, mod in SUBCOMMANDS.items():
+        try:
+            importlib.import_module(mod).add_parser(sub)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+    return parser
+
+
+def main(argv=None) -> int:
+    _ensure_devices()
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)

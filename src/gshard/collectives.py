@@ -1,0 +1,88 @@
+"""The only module that calls jax.lax collectives. Every call is recorded with its reason.
+
+Record `.bytes` is the per-device payload: the operand's bytes, or the result's bytes for an
+AllGather (the full-size buffer each device ends with).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "collective_permute")
+
+
+@dataclass(frozen=True)
+class Collective:
+    kind: str
+    axes: tuple[str, ...]
+    bytes: int
+    source: str
+    reason: str
+    shape: tuple[int, ...] = ()
+    dtype: str = ""
+    op: str = ""
+    full_replication: bool = False
+
+    def __str__(self) -> str:
+        warn = "  [WARNING: full replication]" if self.full_replication else ""
+        op = f"({self.op})" if self.op else ""
+        return (f"{self.kind}{op} over {list(self.axes)}: {self.bytes:,} B/device "
+                f"{self.dtype}{list(self.shape)} — {self.reason} @ {self.source}{warn}")
+
+
+class Recorder:
+    """Collects the collectives one trace of the per-device program inserts."""
+
+    def __init__(self):
+        self.records: list[Collective] = []
+        self.source = "<unknown>"
+
+    def add(self, kind, axes, x, reason, *, op="", result=None, full=False):
+        ref = result if result is not None else x
+        nbytes = math.prod(ref.shape) * jnp.dtype(ref.dtype).itemsize
+        self.records.append(Collective(kind, tuple(axes), int(nbytes), self.source, reason,
+                                       tuple(x.shape), str(x.dtype), op, full))
+
+
+def _name(axes):
+    return tuple(axes) if len(axes) > 1 else axes[0]
+
+
+def axis_index(axes) -> jax.Array:
+    """Linear index of this device over `axes` (first axis major); 0 for no axes."""
+    if not axes:
+        return jnp.int32(0)
+    return jax.lax.axis_index(_name(tuple(axes)))
+
+
+def all_reduce(rec: Recorder, x, axes, reason, op="sum"):
+    fn = {"sum": jax.lax.psum, "max": jax.lax.pmax, "min": jax.lax.pmin}[op]
+    rec.add("all_reduce", axes, x, reason, op=op)
+    if x.dtype == jnp.bool_:
+        y = fn(x.astype(jnp.int32), _name(axes))
+        return y.astype(jnp.bool_)
+    return fn(x, _name(axes))
+
+
+def all_gather(rec: Recorder, x, axes, dim, reason, *, full=False):
+    y = jax.lax.all_gather(x, _name(axes), axis=dim, tiled=True)
+    rec.add("all_gather", axes, x, reason, result=y, full=full)
+    return y
+
+
+def reduce_scatter(rec: Recorder, x, axes, dim, reason):
+    rec.add("reduce_scatter", axes, x, reason, op="sum")
+    return jax.lax.psum_scatter(x, _name(axes), scatter_dimension=dim, tiled=True)
+
+
+def all_to_all(rec: Recorder, x, axes, split_dim, concat_dim, reason):
+    rec.add("all_to_all", axes, x, reason)
+    return jax.lax.all_to_all(x, _name(axes), split_dim, concat_dim, tiled=True)
+
+
+def collective_permute(rec: Recorder, x, axes, perm, reason):
+    rec.add("collective_permute", axes, x, reason)
+    return jax.lax.ppermute(x, _name(axes), perm=list(perm))

@@ -1,0 +1,152 @@
+"""Sharding propagation (GShard §3.2, as XLA implements it): a fixed point over the whole program.
+
+User annotations are fixed. Rules propose specs forward (operands -> results) and backward
+(results -> operands); a value only takes a strictly more specific spec (more tiles), so the
+iteration terminates. Priority levels: 0 pass-through ops, 1 everything else, 2 broadcasts
+backward, 3 broadcasts forward. Every value records why it has its spec.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import UnsupportedPrimitiveError
+from ..mesh import MeshInfo
+from ..spec import ShardingSpec, merge
+from ..trace.graph import Graph, Value
+
+LEVELS = 4
+
+
+@dataclass(frozen=True)
+class PropRule:
+    fn: Callable  # (eqn, ins, outs, mesh) -> (in_proposals, out_proposals)
+    fwd_level: int = 1
+    bwd_level: int = 1
+    levels: Callable | None = None  # eqn -> (fwd_level, bwd_level), when they depend on the eqn
+
+    def levels_of(self, eqn) -> tuple[int, int]:
+        return self.levels(eqn) if self.levels else (self.fwd_level, self.bwd_level)
+
+
+RULES: dict = {}
+
+
+def register(prims, fn, *, fwd_level: int = 1, bwd_level: int | None = None, levels=None):
+    for p in prims if isinstance(prims, (list, tuple)) else [prims]:
+        RULES[p] = PropRule(fn, fwd_level, fwd_level if bwd_level is None else bwd_level, levels)
+    return fn
+
+
+@dataclass
+class Propagation:
+    mesh: MeshInfo
+    specs: dict
+    why: dict
+    fixed: set
+
+    def spec(self, x) -> ShardingSpec:
+        if isinstance(x, Value):
+            return self.specs.get(x) or ShardingSpec.replicated(len(x.shape))
+        return ShardingSpec.replicated(len(x.shape))
+
+
+def propagate(graph: Graph, mesh: MeshInfo, fixed: dict) -> Propagation:
+    """Propagate from `fixed` (Value -> spec with a reason) to every value of `graph`."""
+    state = Propagation(mesh, {}, {}, set())
+    for v, (spec, why) in fixed.items():
+        state.specs[v], state.why[v] = spec, why
+        state.fixed.add(v)
+    for level in range(LEVELS):
+        _run_level(graph, state, level)
+    for v in _all_values(graph):
+        if state.specs.get(v) is None:
+            state.specs[v] = ShardingSpec.replicated(len(v.shape))
+            state.why[v] = "default: no rule gave it a sharding (replicated)"
+    return state
+
+
+def _run_level(graph: Graph, state: Propagation, level: int):
+    for _ in range(10_000):
+        changed = False
+        for eqn in graph.eqns:
+            changed |= _apply(eqn, state, level)
+        for eqn in reversed(graph.eqns):
+            changed |= _apply(eqn, state, level)
+        if not changed:
+            return
+
+
+def _apply(eqn, state: Propagation, level: int) -> bool:
+    rule = RULES[eqn.prim]
+    fwd_level, bwd_level = rule.levels_of(eqn)
+    fwd, bwd = level >= fwd_level, level >= bwd_level
+    if not (fwd or bwd):
+        return False
+    ins = [state.specs.get(x) if isinstance(x, Value) else None for x in eqn.inputs]
+    outs = [state.specs.get(x) for x in eqn.outputs]
+    in_props, out_props = rule.fn(eqn, ins, outs, state.mesh)
+    changed = False
+    if fwd:
+        for v, p in zip(eqn.outputs, out_props):
+            changed |= _offer(state, v, p, f"forward from eqn #{eqn.index} {eqn.prim.name}", eqn)
+    if bwd:
+        for v, p in zip(eqn.inputs, in_props):
+            changed |= _offer(state, v, p, f"backward from eqn #{eqn.index} {eqn.prim.name}", eqn)
+    return changed
+
+
+def _offer(state: Propagation, v, proposal, reason: str, eqn) -> bool:
+    if proposal is None or not isinstance(v, Value) or v in state.fixed:
+        return False
+    proposal = sanitize(proposal, v.shape, state.mesh)
+    cur = state.specs.get(v)
+    new = merge(cur, proposal)
+    if new is None or new == cur:
+        return False
+    if cur is not None and new.num_tiles(state.mesh.sizes) <= cur.num_tiles(state.mesh.sizes):
+        return False
+    if cur is None and not new.used_axes():
+        state.specs[v] = new
+        state.why[v] = f"{reason} ({eqn.where})"
+        return True
+    state.specs[v] = new
+    state.why[v] = f"{reason} ({eqn.where})"
+    return True
+
+
+def sanitize(spec: ShardingSpec, shape, mesh: MeshInfo) -> ShardingSpec:
+    """Drop partial, repeated axes, and splits finer than the dim has elements."""
+    seen, dims = set(), []
+    for n, axes in zip(shape, spec.dims):
+        keep, tiles = [], 1
+        for a in axes:
+            if a in seen or a not in mesh.sizes or tiles * mesh.sizes[a] > n:
+                break
+            keep.append(a)
+            seen.add(a)
+            tiles *= mesh.sizes[a]
+        dims.append(tuple(keep))
+    return ShardingSpec(tuple(dims))
+
+
+def _all_values(graph: Graph):
+    seen = []
+    for v in graph.invars:
+        seen.append(v)
+    for e in graph.eqns:
+        seen += [x for x in e.inputs if isinstance(x, Value)]
+        seen += e.outputs
+    return seen
+
+
+def check_supported(graph: Graph, part_rules: dict):
+    """Fail before running if a primitive has no propagation or partition rule."""
+    for e in graph.eqns:
+        if e.prim not in RULES or e.prim not in part_rules:
+            shapes = ", ".join(str(x.aval.str_short()) for x in e.inputs)
+            raise UnsupportedPrimitiveError(
+                f"gshard has no sharding rule for primitive '{e.prim.name}' (operands: {shapes})"
+                f"\n  at {e.where}"
+                f"\n  fix: rewrite this op with supported ones (see `python -m gshard rules`), or wrap "
+                f"the region in gshard.manual(...) to write its per-device code yourself")

@@ -1,0 +1,97 @@
+"""Elementwise, comparison, select and conversion primitives: all operands share one spec.
+
+Partial sums pass through linear ops (add/sub of partials, neg, convert, mul or div of a partial
+by a non-partial), so reductions are deferred to the consumer that needs them.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax.extend.core import primitives as P
+
+from ..spmd.local import Local
+from ..spmd.table import register as register_part
+from ..propagate.engine import register as register_prop
+from ..spec import ShardingSpec, merge
+
+_NAMES = """add sub mul div rem pow max min neg sign floor ceil round is_finite exp exp2 log log1p
+expm1 tanh logistic sin cos tan asin acos atan atan2 sinh cosh asinh acosh atanh sqrt rsqrt cbrt
+integer_pow square abs not and or xor eq ne lt le gt ge select_n clamp convert_element_type erf erfc
+erf_inv lgamma digamma igamma igammac nextafter shift_left shift_right_logical
+shift_right_arithmetic population_count clz stop_gradient copy copy_p reduce_precision add_any
+real imag conj complex polygamma random_gamma_grad threefry2x32 add_jaxvals bessel_i0e
+bessel_i1e igamma_grad_a zeta regularized_incomplete_beta""".split()
+
+ELEMENTWISE = []
+for _n in dict.fromkeys(_NAMES):
+    _p = getattr(P, f"{_n}_p", None)
+    if _p is not None:
+        ELEMENTWISE.append(_p)
+
+_LINEAR_ALL = {"add", "sub", "add_any"}
+_LINEAR_UNARY = {"neg", "copy", "copy_p", "reduce_precision", "real", "imag", "conj"}
+
+
+def fit(spec, shape, out_shape):
+    """The spec an operand of `shape` takes when the result has `out_shape` (size-1 dims of an
+    implicitly broadcast operand stay unsplit); None for scalars."""
+    if spec is None or len(shape) != len(out_shape):
+        return None
+    if tuple(shape) == tuple(out_shape):
+        return spec
+    return ShardingSpec(tuple(a if n == m else () for a, n, m in zip(spec.dims, shape, out_shape)),
+                        spec.partial)
+
+
+def prop_elementwise(eqn, ins, outs, mesh):
+    out_shape = eqn.outputs[0].shape
+    merged = None
+    for s, x in zip(ins, eqn.inputs):
+        lifted = fit(s, x.shape, out_shape)  # size-1 broadcast dims contribute nothing
+        if lifted is not None:
+            merged = merge(merged, lifted)
+    merged = merge(merged, outs[0]) if merged is not None else outs[0]
+    return [fit(merged, x.shape, out_shape) for x in eqn.inputs], [merged] * len(eqn.outputs)
+
+
+register_prop(ELEMENTWISE, prop_elementwise, fwd_level=0)
+
+
+def _kept_partial(eqn, ins: list[Local], rank: int) -> tuple[str, ...]:
+    name = eqn.prim.name
+    parts = [x.spec.partial for x in ins]
+    if name in _LINEAR_ALL:
+        same = all(x.shape == ins[0].shape for x in ins)
+        if same and parts[0] and all(p == parts[0] for p in parts):
+            return parts[0]
+        return ()
+    if name in _LINEAR_UNARY:
+        return parts[0]
+    if name == "convert_element_type" and jnp.issubdtype(eqn.params["new_dtype"], jnp.floating) \
+            and jnp.issubdtype(ins[0].dtype, jnp.floating):
+        return parts[0]
+    if name == "mul" and sum(bool(p) for p in parts) == 1:
+        return next(p for p in parts if p)
+    if name == "div" and parts[0] and not parts[1]:
+        return parts[0]
+    return ()
+
+
+@register_part(ELEMENTWISE)
+def part_elementwise(ctx, eqn, ins, targets):
+    target = targets[0]
+    rank = len(eqn.outputs[0].shape)
+    partial = _kept_partial(eqn, ins, rank)
+    if set(partial) & set(target.used_axes()):
+        partial = ()
+    spec = target.with_partial(partial)
+    vals, out_shape = [], eqn.outputs[0].shape
+    for x in ins:
+        if x.rank != rank:  # a scalar operand
+            want = x.spec.drop_partial()
+        else:
+            want = spec if partial and x.spec.partial == partial else target
+            want = fit(want, x.shape, out_shape)
+        vals.append(ctx.reshard(x, want, f"operand of {eqn.prim.name}").val)
+    outs = eqn.prim.bind(*vals, **eqn.params)
+    outs = outs if eqn.prim.multiple_results else [outs]
+    return [Local(o, spec, v.shape) for o, v in zip(outs, eqn.outputs)]

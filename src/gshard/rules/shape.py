@@ -1,0 +1,237 @@
+"""Shape ops: reshape/squeeze, transpose, broadcast_in_dim, concatenate, slice, pad, rev, iota.
+
+Reshape: a sharding survives a group of merged/split dims iff only the most-major dim of the
+group is split and the split count divides it ([8,16] split on dim 0 -> [128] ok; split on dim 1
+-> not representable -> reshard). Ops that move data along a dim (slice, pad, concat, rev) need
+that dim unsplit; the other dims pass through.
+"""
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+from jax import lax
+from jax.extend.core import primitives as P
+
+from ..spmd.local import Local
+from ..spmd.table import register as register_part
+from ..propagate.engine import register as register_prop
+from ..spec import ShardingSpec
+
+
+# ----- reshape groups ---------------------------------------------------------------------------
+def reshape_groups(a, b) -> list[tuple[list[int], list[int]]]:
+    """Contiguous groups of dims of shapes a and b with equal element counts."""
+    if 0 in a or 0 in b:
+        return [(list(range(len(a))), list(range(len(b))))]
+    i = j = 0
+    groups = []
+    while i < len(a) or j < len(b):
+        ga, gb, pa, pb = [], [], 1, 1
+        if i < len(a):
+            ga, pa, i = [i], a[i], i + 1
+        if j < len(b):
+            gb, pb, j = [j], b[j], j + 1
+        while pa != pb:
+            if pa < pb:
+                ga.append(i); pa *= a[i]; i += 1  # noqa: E702
+            else:
+                gb.append(j); pb *= b[j]; j += 1  # noqa: E702
+        groups.append((ga, gb))
+    return groups
+
+
+def _major(dims, shape):
+    return next((d for d in dims if shape[d] > 1), dims[0] if dims else None)
+
+
+def map_reshape(spec: ShardingSpec, src_shape, dst_shape, sizes) -> tuple[ShardingSpec, ShardingSpec]:
+    """(spec carried to dst_shape, the part of `spec` that survives) for a reshape."""
+    src_dims, dst_dims = [()] * len(src_shape), [()] * len(dst_shape)
+    for ga, gb in reshape_groups(src_shape, dst_shape):
+        axes = _group_axes(spec, ga, gb, src_shape, dst_shape, sizes)
+        if axes:
+            src_dims[_major(ga, src_shape)] = axes
+            dst_dims[_major(gb, dst_shape)] = axes
+    return ShardingSpec(tuple(dst_dims)), ShardingSpec(tuple(src_dims))
+
+
+def _group_axes(spec, ga, gb, src_shape, dst_shape, sizes):
+    if not ga or not gb:
+        return ()
+    ma, mb = _major(ga, src_shape), _major(gb, dst_shape)
+    if any(spec.dims[d] for d in ga if d != ma):
+        return ()
+    axes = spec.dims[ma]
+    if not axes:
+        return ()
+    t = math.prod(sizes[x] for x in axes)
+    if len(ga) == 1 and len(gb) == 1:
+        return axes
+    if src_shape[ma] % t or dst_shape[mb] % t:
+        return ()
+    return axes
+
+
+def prop_reshape(eqn, ins, outs, mesh):
+    src, dst = eqn.inputs[0].shape, eqn.outputs[0].shape
+    fwd = map_reshape(ins[0], src, dst, mesh.sizes)[0] if ins[0] is not None else None
+    bwd = map_reshape(outs[0], dst, src, mesh.sizes)[0] if outs[0] is not None else None
+    return [bwd] + [None] * (len(eqn.inputs) - 1), [fwd]
+
+
+register_prop([P.reshape_p, P.squeeze_p], prop_reshape, fwd_level=0)
+
+
+@register_part([P.reshape_p, P.squeeze_p])
+def part_reshape(ctx, eqn, ins, targets):
+    x, src, dst = ins[0], eqn.inputs[0].shape, eqn.outputs[0].shape
+    want_in = map_reshape(targets[0], dst, src, ctx.sizes)[0]
+    out_spec, want_in = map_reshape(want_in, src, dst, ctx.sizes)
+    x = ctx.reshard(x, want_in.with_partial(x.spec.partial), "reshape operand")
+    local = out_spec.local_shape(dst, ctx.sizes)
+    val = jnp.reshape(x.val, local)
+    return [Local(val, out_spec.with_partial(x.spec.partial), dst)]
+
+
+# ----- transpose --------------------------------------------------------------------------------
+def prop_transpose(eqn, ins, outs, mesh):
+    perm = eqn.params["permutation"]
+    fwd = ShardingSpec(tuple(ins[0].dims[p] for p in perm)) if ins[0] is not None else None
+    bwd = None
+    if outs[0] is not None:
+        dims = [()] * len(perm)
+        for j, p in enumerate(perm):
+            dims[p] = outs[0].dims[j]
+        bwd = ShardingSpec(tuple(dims))
+    return [bwd], [fwd]
+
+
+register_prop(P.transpose_p, prop_transpose, fwd_level=0)
+
+
+@register_part(P.transpose_p)
+def part_transpose(ctx, eqn, ins, targets):
+    perm, t = eqn.params["permutation"], targets[0]
+    dims = [()] * len(perm)
+    for j, p in enumerate(perm):
+        dims[p] = t.dims[j]
+    x = ctx.reshard(ins[0], ShardingSpec(tuple(dims), ins[0].spec.partial), "transpose operand")
+    return [Local(jnp.transpose(x.val, perm), t.with_partial(x.spec.partial), eqn.outputs[0].shape)]
+
+
+# ----- broadcast_in_dim -------------------------------------------------------------------------
+def _bcast_map(eqn):
+    src, dst = eqn.inputs[0].shape, eqn.outputs[0].shape
+    return [(i, o) for i, o in enumerate(eqn.params["broadcast_dimensions"]) if src[i] == dst[o]]
+
+
+def prop_broadcast(eqn, ins, outs, mesh):
+    pairs = _bcast_map(eqn)
+    fwd = bwd = None
+    if ins[0] is not None:
+        dims = [()] * len(eqn.outputs[0].shape)
+        for i, o in pairs:
+            dims[o] = ins[0].dims[i]
+        fwd = ShardingSpec(tuple(dims))
+    if outs[0] is not None:
+        dims = [()] * len(eqn.inputs[0].shape)
+        for i, o in pairs:
+            dims[i] = outs[0].dims[o]
+        bwd = ShardingSpec(tuple(dims))
+    return [bwd] + [None] * (len(eqn.inputs) - 1), [fwd]
+
+
+def _is_expand(eqn) -> bool:
+    """A broadcast that only inserts size-1 dims (expand_dims): a pass-through, not a broadcast."""
+    src, dst = eqn.inputs[0].shape, eqn.outputs[0].shape
+    bd = eqn.params["broadcast_dimensions"]
+    return all(src[i] == dst[o] for i, o in enumerate(bd)) and \
+        all(dst[o] == 1 for o in range(len(dst)) if o not in bd)
+
+
+def _broadcast_levels(eqn) -> tuple[int, int]:
+    return (0, 0) if _is_expand(eqn) else (3, 2)
+
+
+register_prop(P.broadcast_in_dim_p, prop_broadcast, levels=_broadcast_levels)
+
+
+@register_part(P.broadcast_in_dim_p)
+def part_broadcast(ctx, eqn, ins, targets):
+    t, x = targets[0], ins[0]
+    dims = [()] * x.rank
+    for i, o in _bcast_map(eqn):
+        dims[i] = t.dims[o]
+    x = ctx.reshard(x, ShardingSpec(tuple(dims), x.spec.partial), "broadcast operand")
+    local = t.local_shape(eqn.outputs[0].shape, ctx.sizes)
+    val = lax.broadcast_in_dim(x.val, local, eqn.params["broadcast_dimensions"])
+    return [Local(val, t.with_partial(x.spec.partial), eqn.outputs[0].shape)]
+
+
+# ----- ops that need one or more dims unsplit ---------------------------------------------------
+def _moving_dims(eqn) -> set[int]:
+    name, p = eqn.prim.name, eqn.params
+    shape = eqn.inputs[0].shape
+    if name == "concatenate":
+        return {p["dimension"]}
+    if name == "rev":
+        return set(p["dimensions"])
+    if name == "pad":
+        return {d for d, c in enumerate(p["padding_config"]) if tuple(c) != (0, 0, 0)}
+    if name == "slice":
+        strides = p["strides"] or (1,) * len(shape)
+        return {d for d in range(len(shape)) if (p["start_indices"][d], p["limit_indices"][d],
+                                                 strides[d]) != (0, shape[d], 1)}
+    raise KeyError(name)
+
+
+def _unsplit(spec, dims):
+    return None if spec is None else ShardingSpec(
+        tuple(() if d in dims else a for d, a in enumerate(spec.dims)))
+
+
+def prop_moving(eqn, ins, outs, mesh):
+    moving = _moving_dims(eqn)
+    rank = len(eqn.outputs[0].shape)
+    cands = [s for s, x in zip(ins, eqn.inputs) if s is not None and len(x.shape) == rank]
+    fwd = _unsplit(cands[0], moving) if cands else None
+    bwd = _unsplit(outs[0], moving)
+    return [bwd if len(x.shape) == rank else None for x in eqn.inputs], [fwd]
+
+
+MOVING = [P.concatenate_p, P.slice_p, P.pad_p, P.rev_p]
+register_prop(MOVING, prop_moving, fwd_level=1)
+
+
+@register_part(MOVING)
+def part_moving(ctx, eqn, ins, targets):
+    moving = _moving_dims(eqn)
+    rank = len(eqn.outputs[0].shape)
+    need = _unsplit(targets[0], moving)
+    vals = [ctx.reshard(x, need if x.rank == rank else x.spec.drop_partial(),
+                        f"{eqn.prim.name} needs dims {sorted(moving)} whole").val for x in ins]
+    params = dict(eqn.params)
+    if eqn.prim is P.slice_p:
+        local = need.local_shape(eqn.inputs[0].shape, ctx.sizes)
+        params["limit_indices"] = tuple(local[d] if d not in moving else lim
+                                        for d, lim in enumerate(params["limit_indices"]))
+    val = eqn.prim.bind(*vals, **params)
+    out = Local(val, need, eqn.outputs[0].shape)
+    return [ctx.reshard(out, targets[0], f"{eqn.prim.name} result to its propagated spec")]
+
+
+# ----- iota -------------------------------------------------------------------------------------
+register_prop(P.iota_p, lambda eqn, ins, outs, mesh: ([], [None]), fwd_level=0)
+
+
+@register_part(P.iota_p)
+def part_iota(ctx, eqn, ins, targets):
+    t, p = targets[0], eqn.params
+    local = t.local_shape(p["shape"], ctx.sizes)
+    dim = p["dimension"]
+    val = lax.broadcasted_iota(p["dtype"], local, dim)
+    axes = t.dims[dim]
+    if axes:
+        val = val + (ctx.shard_index(axes) * local[dim]).astype(p["dtype"])
+    return [Local(val, t, tuple(p["shape"]))]

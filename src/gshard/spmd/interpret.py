@@ -1,0 +1,51 @@
+"""The per-device program: evaluate the flat graph on local shards, one rule per equation."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import jax.numpy as jnp
+
+from ..propagate.engine import Propagation
+from ..spec import ShardingSpec
+from ..trace.graph import Graph, Lit, Value
+from .local import Ctx, Local
+from .table import RULES
+
+
+def literal(x: Lit) -> Local:
+    return Local(jnp.asarray(x.val, x.aval.dtype), ShardingSpec.replicated(len(x.shape)), x.shape)
+
+
+def run_graph(ctx: Ctx, graph: Graph, prop: Propagation, local_args) -> list:
+    """Run `graph` on this device's shards; returns the local output values at their specs."""
+    env: dict = {}
+    for v, a in zip(graph.invars, local_args):
+        env[v] = Local(a, prop.spec(v), v.shape)
+    ctx.at(None)
+    for v, c in graph.consts.items():
+        full = Local(jnp.asarray(c), ShardingSpec.replicated(len(v.shape)), v.shape)
+        env[v] = ctx.reshard(full, prop.spec(v), "closed-over constant placed by its spec")
+    outs = run_eqns(ctx, graph.eqns, env, prop)
+    results = []
+    ctx.at(None)
+    for x in graph.outvars:
+        loc = outs(x)
+        results.append(ctx.reshard(loc, prop.spec(x).drop_partial(), "program output").val)
+    return results
+
+
+def run_eqns(ctx: Ctx, eqns, env: dict, prop: Propagation):
+    def read(x):
+        return literal(x) if isinstance(x, Lit) else env[x]
+
+    for eqn in eqns:
+        ins = [read(x) for x in eqn.inputs]
+        targets = [prop.spec(o) for o in eqn.outputs]
+        outs = RULES[eqn.prim](ctx.at(eqn), eqn, ins, targets)
+        for o, loc in zip(eqn.outputs, outs):
+            if loc.spec.partial and not loc.origin:
+                inherited = [i.origin for i in ins if i.spec.partial and i.origin]
+                loc = replace(loc, origin=inherited[0] if inherited
+                              else f"{eqn.prim.name} at {eqn.where}")
+            env[o] = loc
+    return read

@@ -1,0 +1,84 @@
+"""Local shards and the partitioning context handed to every partition rule."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import jax.numpy as jnp
+from jax import lax
+
+from .. import collectives as coll
+from ..mesh import MeshInfo
+from ..spec import ShardingSpec
+
+
+@dataclass(frozen=True)
+class Local:
+    """This device's shard of a program value: `val` has spec.local_shape(shape)."""
+    val: Any
+    spec: ShardingSpec
+    shape: tuple[int, ...]
+    origin: str = field(default="", compare=False)  # where a partial sum was produced
+
+    @property
+    def dtype(self):
+        return self.val.dtype
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+
+class Ctx:
+    """What a partition rule may use: the mesh, resharding, masking, recorded collectives."""
+
+    def __init__(self, mesh: MeshInfo, recorder: coll.Recorder):
+        self.mesh = mesh
+        self.rec = recorder
+        self.eqn = None
+        self._memo: dict = {}  # (id(Local), spec) -> (Local, resharded Local): one reshard per value
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return self.mesh.sizes
+
+    def at(self, eqn):
+        self.eqn = eqn
+        self.rec.source = eqn.where if eqn is not None else "<program output>"
+        return self
+
+    def reshard(self, x: Local, spec: ShardingSpec, reason: str = "") -> Local:
+        from .reshard import reshard
+        if x.spec == spec:
+            return x
+        key = (id(x), spec)
+        if key not in self._memo:
+            self._memo[key] = (x, reshard(self, x, spec, reason))
+        return self._memo[key][1]
+
+    def shard_index(self, axes) -> Any:
+        return coll.axis_index(axes)
+
+    def valid_mask(self, x: Local, dims) -> Any:
+        """Bool array of x's local shape: False at padding positions of the uneven `dims`."""
+        mask = None
+        local = x.val.shape
+        for d in dims:
+            n, axes = x.shape[d], x.spec.dims[d]
+            if not axes or n % x.spec.tiles(d, self.sizes) == 0:
+                continue
+            pos = lax.broadcasted_iota(jnp.int32, local, d) + self.shard_index(axes) * local[d]
+            m = pos < n
+            mask = m if mask is None else (mask & m)
+        return mask
+
+    def masked(self, x: Local, dims, fill) -> Local:
+        mask = self.valid_mask(x, dims)
+        if mask is None:
+            return x
+        return Local(jnp.where(mask, x.val, jnp.asarray(fill, x.dtype)), x.spec, x.shape)
+
+
+def uneven(x: Local, sizes, dims=None) -> tuple[int, ...]:
+    dims = range(x.rank) if dims is None else dims
+    return tuple(d for d in dims if x.spec.dims[d] and x.shape[d] % x.spec.tiles(d, sizes))

@@ -1,0 +1,28 @@
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+assert len(jax.devices()) >= 8, "tests need 8 simulated CPU devices (set XLA_FLAGS before jax starts)"
+
+MESH_SHAPES = [(8,), (2, 4), (4, 2), (2, 2, 2)]
+AXES = {1: ("x",), 2: ("data", "model"), 3: ("a", "b", "c")}
+
+
+def make_mesh(shape):
+    return jax.make_mesh(shape, AXES[len(shape)])
+
+
+@pytest.fixture(params=MESH_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def mesh(request):
+    return make_mesh(request.param)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
