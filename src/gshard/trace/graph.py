@@ -105,23 +105,34 @@ def _atom(env, a):
     return env[a]
 
 
-def _inline(jaxpr, env, eqns, consts):
+def _has_user_frame(source_info) -> bool:
+    from jax._src import source_info_util
+    try:
+        return source_info_util.user_frame(source_info.traceback) is not None
+    except Exception:  # pragma: no cover - defensive: jax internals changed
+        return False
+
+
+def _inline(jaxpr, env, eqns, consts, outer_src=None):
     for e in jaxpr.eqns:
         ins = [_atom(env, a) for a in e.invars]
         key = INLINE.get(e.primitive.name)
+        src = e.source_info
+        if outer_src is not None and not _has_user_frame(src):
+            src = outer_src  # a cached inner trace: point at the user's call instead
         if key is not None and key in e.params:
-            outs = _inline_call(e.params[key], ins, eqns, consts)
+            outs = _inline_call(e.params[key], ins, eqns, consts, src)
             for v, o in zip(e.outvars, outs):
                 env[v] = o
             continue
         outs = [Value(v.aval) for v in e.outvars]
         for v, o in zip(e.outvars, outs):
             env[v] = o
-        eqns.append(Eqn(len(eqns), e.primitive, ins, outs, dict(e.params), e.source_info))
+        eqns.append(Eqn(len(eqns), e.primitive, ins, outs, dict(e.params), src))
     return [_atom(env, a) for a in jaxpr.outvars]
 
 
-def _inline_call(sub, ins, eqns, consts):
+def _inline_call(sub, ins, eqns, consts, src):
     inner = sub.jaxpr if hasattr(sub, "consts") else sub
     env: dict = {}
     if hasattr(sub, "consts"):
@@ -130,7 +141,7 @@ def _inline_call(sub, ins, eqns, consts):
             consts[env[v]] = c
     for v, x in zip(inner.invars, ins):
         env[v] = x
-    return _inline(inner, env, eqns, consts)
+    return _inline(inner, env, eqns, consts, src)
 
 
 def dce(graph: Graph) -> Graph:
