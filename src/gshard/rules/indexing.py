@@ -45,12 +45,23 @@ def part_gather(ctx, eqn, ins, targets):
     batch = _gather_batch_dims(eqn)
     t = targets[0]
     idx_dims = [t.dims[d] for d in batch] + [()]
-    operand = ctx.reshard(operand, ShardingSpec.replicated(operand.rank), "gather needs the whole operand")
-    indices = ctx.reshard(indices, ShardingSpec(tuple(idx_dims[:indices.rank])), "gather indices")
+    idx_spec = ShardingSpec(tuple(idx_dims[:indices.rank]))
+    dn = eqn.params["dimension_numbers"]
+    op_spec = _batched(operand.rank, dn.operand_batching_dims, dn.start_indices_batching_dims, idx_spec)
+    operand = ctx.reshard(operand, op_spec, "gather needs the whole operand (but batching dims)")
+    indices = ctx.reshard(indices, idx_spec, "gather indices")
     val = eqn.prim.bind(operand.val, indices.val, **eqn.params)
     spec = ShardingSpec(tuple(t.dims[d] if d in batch else () for d in range(len(t.dims))))
     out = Local(val, spec, eqn.outputs[0].shape)
     return [ctx.reshard(out, t, "gather result to its propagated spec")]
+
+
+def _batched(rank, operand_dims, index_dims, idx_spec: ShardingSpec) -> ShardingSpec:
+    """Operand spec: batching dims split like their indices' dims, the rest whole."""
+    dims = [()] * rank
+    for od, idd in zip(operand_dims, index_dims):
+        dims[od] = idx_spec.dims[idd]
+    return ShardingSpec(tuple(dims))
 
 
 # ----- scatter-add ------------------------------------------------------------------------------
@@ -80,12 +91,16 @@ def part_scatter_add(ctx, eqn, ins, targets):
     updates = ctx.reshard(updates, ShardingSpec(tuple(udims)), "scatter-add updates")
     idx_dims = [udims[d] for d in scatter] + [()]
     indices = ctx.reshard(indices, ShardingSpec(tuple(idx_dims[:indices.rank])), "scatter indices")
-    axes = tuple(a for d in udims for a in d)
-    operand = ctx.reshard(operand, ShardingSpec.replicated(operand.rank), "scatter-add operand")
+    dn = eqn.params["dimension_numbers"]
+    idx_spec = ShardingSpec(tuple(idx_dims[:indices.rank]))
+    op_spec = _batched(operand.rank, dn.operand_batching_dims, dn.scatter_indices_batching_dims,
+                       idx_spec)
+    axes = tuple(a for d in udims for a in d if a not in op_spec.used_axes())
+    operand = ctx.reshard(operand, op_spec, "scatter-add operand")
     base = operand.val
     if axes:  # the operand counts once: on the first device of the split axes
         base = jnp.where(ctx.shard_index(axes) == 0, base, jnp.zeros_like(base))
     updates = ctx.masked(updates, scatter, 0)
     val = eqn.prim.bind(base, indices.val, updates.val, **eqn.params)
-    out = Local(val, ShardingSpec.replicated(operand.rank).with_partial(axes), eqn.outputs[0].shape)
+    out = Local(val, op_spec.with_partial(axes), eqn.outputs[0].shape)
     return [out]
