@@ -109,8 +109,10 @@ def reshard_bytes(src: ShardingSpec, dst: ShardingSpec, shape, itemsize, sizes) 
         k = 0
         while k < min(len(s), len(t)) and s[k] == t[k]:
             k += 1
-        for a in s[k:]:
-            cost += local * (1 if dst.dim_of_axis(a) is not None else sizes[a])
+        for a in reversed(s[k:]):  # minor axes go first; a gather grows the buffer
+            if dst.dim_of_axis(a) is None:
+                local *= sizes[a]
+            cost += local
     return cost
 
 

@@ -1,0 +1,198 @@
+"""Typed, frozen configs for the GShard MoE Transformer, and presets from CPU-sized to the paper's.
+
+Paper sizes (GShard §3): M=1024, H=8192, 16 heads, dropout 0.1, 128-2048 experts; "12L"/"36L"
+count the layers of encoder and decoder together (so 6+6 and 18+18), which is what reproduces the
+paper's parameter counts (2048 experts, 36L: about 600B).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ..moe.gating import KINDS, SECOND_EXPERT_POLICIES
+from ..moe.layer import DISPATCH
+
+POSITIONS = ("sinusoidal", "learned")
+DTYPES = ("float32", "bfloat16")
+
+
+def _axes_ok(a) -> bool:
+    return a is None or isinstance(a, str) or (
+        isinstance(a, tuple) and all(isinstance(n, str) for n in a))
+
+
+def _positive(obj, *names):
+    for n in names:
+        v = getattr(obj, n)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{type(obj).__name__}.{n} must be a positive int, got {v!r}")
+
+
+@dataclass(frozen=True)
+class MeshAxes:
+    """Which mesh axes the model's annotations use (None everywhere = no annotations).
+
+    data: batch / MoE groups; model: attention heads and dense FFN hidden; expert: the expert dim
+    of MoE weights and dispatched tensors; expert_hidden: the expert hidden dim H (optional);
+    group: MoE groups (defaults to `data`).
+    Paper 1-D mesh: MeshAxes(data="x", expert="x"). 2-D mesh: MeshAxes(data="data",
+    model="model", expert="data") or expert=("data", "model")."""
+    data: Any = None
+    model: Any = None
+    expert: Any = None
+    expert_hidden: Any = None
+    group: Any = None
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            if not _axes_ok(getattr(self, f.name)):
+                raise ValueError(f"MeshAxes.{f.name} must be None, an axis name or a tuple of "
+                                 f"names, got {getattr(self, f.name)!r}")
+
+    @property
+    def empty(self) -> bool:
+        return all(getattr(self, f.name) is None for f in dataclasses.fields(self))
+
+    @property
+    def moe_group(self):
+        return self.group if self.group is not None else self.data
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """The MoE FFN: experts, gating and dispatch (DESIGN §7)."""
+    num_experts: int = 4
+    expert_hidden: int = 128                 # H
+    gating: str = "top2"                     # top2 | top1 | topk | expert_choice
+    top_k: int = 2                           # for gating="topk"
+    capacity_factor: float = 2.0
+    capacity: Optional[int] = None           # explicit C overrides capacity_factor
+    second_expert_policy: str = "all"
+    second_expert_threshold: float = 0.5
+    jitter_eps: float = 0.0
+    num_groups: Optional[int] = None         # G; None = one group per sequence (G = B)
+    dispatch: str = "einsum"                 # einsum | gather
+    every: int = 2                           # layer i is MoE iff (i + 1) % every == 0; 0 = none
+
+    def __post_init__(self):
+        _positive(self, "num_experts", "expert_hidden", "top_k")
+        if self.gating not in KINDS:
+            raise ValueError(f"MoEConfig.gating must be one of {KINDS}, got {self.gating!r}")
+        if self.second_expert_policy not in SECOND_EXPERT_POLICIES:
+            raise ValueError(f"MoEConfig.second_expert_policy must be one of "
+                             f"{SECOND_EXPERT_POLICIES}, got {self.second_expert_policy!r}")
+        if self.dispatch not in DISPATCH:
+            raise ValueError(f"MoEConfig.dispatch must be one of {DISPATCH}, got {self.dispatch!r}")
+        if self.top_k > self.num_experts:
+            raise ValueError(f"MoEConfig.top_k={self.top_k} > num_experts={self.num_experts}")
+        if self.capacity_factor <= 0 or (self.capacity is not None and self.capacity < 1):
+            raise ValueError("MoEConfig: capacity_factor must be > 0 and capacity >= 1")
+        if self.num_groups is not None and self.num_groups < 1:
+            raise ValueError(f"MoEConfig.num_groups must be >= 1 or None, got {self.num_groups}")
+        if not 0.0 <= self.jitter_eps < 1.0 or not 0.0 < self.second_expert_threshold:
+            raise ValueError("MoEConfig: jitter_eps must be in [0, 1), threshold > 0")
+        if self.every < 0:
+            raise ValueError(f"MoEConfig.every must be >= 0, got {self.every}")
+
+    def is_moe_layer(self, i: int) -> bool:
+        return self.every > 0 and (i + 1) % self.every == 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Encoder-decoder pre-layer-norm Transformer with MoE in every other FFN."""
+    vocab_size: int = 256                    # source vocabulary
+    tgt_vocab_size: Optional[int] = None     # None = same as vocab_size
+    shared_vocab: bool = True                # one table for source, target and softmax
+    d_model: int = 64                        # M
+    d_ff: int = 128                          # dense FFN hidden
+    num_heads: int = 4
+    num_encoder_layers: int = 2
+    num_decoder_layers: int = 2
+    dropout: float = 0.0
+    positions: str = "sinusoidal"            # sinusoidal | learned
+    max_len: int = 256                       # for learned positions
+    dtype: str = "float32"                   # activation dtype; params are float32
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    mesh: MeshAxes = field(default_factory=MeshAxes)
+
+    def __post_init__(self):
+        _positive(self, "vocab_size", "d_model", "d_ff", "num_heads", "max_len")
+        if self.tgt_vocab_size is not None:
+            _positive(self, "tgt_vocab_size")
+        for n in ("num_encoder_layers", "num_decoder_layers"):
+            if not isinstance(getattr(self, n), int) or getattr(self, n) < 0:
+                raise ValueError(f"ModelConfig.{n} must be an int >= 0")
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by "
+                             f"num_heads={self.num_heads}")
+        if self.shared_vocab and self.target_vocab != self.vocab_size:
+            raise ValueError(f"shared_vocab=True needs equal vocab sizes, got {self.vocab_size} "
+                             f"and {self.target_vocab}; set shared_vocab=False")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if not isinstance(self.moe, MoEConfig) or not isinstance(self.mesh, MeshAxes):
+            raise ValueError("ModelConfig.moe must be a MoEConfig and .mesh a MeshAxes")
+
+    @property
+    def target_vocab(self) -> int:
+        return self.vocab_size if self.tgt_vocab_size is None else self.tgt_vocab_size
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.num_heads
+
+    def replace(self, **overrides) -> "ModelConfig":
+        """A copy with fields of ModelConfig, MoEConfig or MeshAxes replaced by name."""
+        return _replace_nested(self, overrides)
+
+
+def _replace_nested(cfg: ModelConfig, overrides: dict) -> ModelConfig:
+    top = {f.name for f in dataclasses.fields(ModelConfig)}
+    moe_f = {f.name for f in dataclasses.fields(MoEConfig)}
+    mesh_f = {f.name for f in dataclasses.fields(MeshAxes)}
+    top_kw, moe_kw, mesh_kw = {}, {}, {}
+    for k, v in overrides.items():
+        if k in top:
+            top_kw[k] = v
+        elif k in moe_f:
+            moe_kw[k] = v
+        elif k in mesh_f:
+            mesh_kw[k] = v
+        else:
+            raise ValueError(f"unknown config field {k!r}")
+    moe = dataclasses.replace(top_kw.pop("moe", cfg.moe), **moe_kw)
+    mesh = dataclasses.replace(top_kw.pop("mesh", cfg.mesh), **mesh_kw)
+    return dataclasses.replace(cfg, moe=moe, mesh=mesh, **top_kw)
+
+
+def _paper(experts: int, layers: int) -> ModelConfig:
+    return ModelConfig(
+        vocab_size=64000, d_model=1024, d_ff=8192, num_heads=16,
+        num_encoder_layers=layers // 2, num_decoder_layers=layers // 2, dropout=0.1,
+        max_len=1024, dtype="bfloat16",
+        moe=MoEConfig(num_experts=experts, expert_hidden=8192, capacity_factor=2.0,
+                      second_expert_policy="random"))
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(),
+    "small": ModelConfig(vocab_size=8192, d_model=256, d_ff=1024, num_heads=8,
+                         num_encoder_layers=4, num_decoder_layers=4, dropout=0.1, max_len=512,
+                         moe=MoEConfig(num_experts=16, expert_hidden=1024)),
+    "paper-12L": _paper(128, 12),
+    "paper-36L": _paper(2048, 36),
+}
+
+
+def get_preset(name: str, **overrides) -> ModelConfig:
+    """A preset, with any ModelConfig / MoEConfig / MeshAxes field overridden by name,
+    e.g. get_preset("paper-12L", num_experts=512, expert="x", data="x")."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides)

@@ -1,0 +1,216 @@
+"""The MoE layer: paper Algorithm 2 (one-hot einsum dispatch/combine, with its annotations) and
+a gather/scatter dispatch computing the same outputs with O(tokens·M) data movement.
+
+inputs [G, S, M], wg [M, E], wi [E, M, H], wo [E, H, M] -> outputs [G, S, M], aux.
+
+Annotations (off by default, identity outside gshard.partition):
+  * `num_partitions=D`: exactly the paper's `split(x, 0, D)` calls (inputs, dispatched expert
+    inputs, expert outputs; wi, wo split on E; wg replicated);
+  * `mesh_axes`: mesh axis name(s) (one value: groups and experts on the same axes, as in the
+    paper's 1-D mesh) or a `MoEAxes(group=..., expert=..., hidden=...)` for a 2-D mesh; applied
+    with gshard.mesh_split at the same places.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from .. import annotate as _ann
+from .gating import GatingResult, gating
+
+DISPATCH = ("einsum", "gather")
+
+
+# ----- annotations -----------------------------------------------------------------------------
+def _axes(a) -> tuple:
+    """Normalise an axes entry (None, name, tuple of names) to a tuple of names."""
+    if a is None:
+        return ()
+    if isinstance(a, str):
+        return (a,)
+    return tuple(a)
+
+
+def _entry(axes: tuple):
+    """A mesh_split entry for a tuple of names."""
+    return None if not axes else (axes[0] if len(axes) == 1 else axes)
+
+
+@dataclasses.dataclass(frozen=True)
+class MoEAxes:
+    """Mesh axes for the MoE layer: `group` splits G, `expert` splits E, `hidden` splits the
+    expert hidden dim H of wi/wo (e.g. "model" on a 2-D mesh when experts are on "data")."""
+    group: Any = None
+    expert: Any = None
+    hidden: Any = None
+
+    @staticmethod
+    def of(mesh_axes) -> Optional["MoEAxes"]:
+        if mesh_axes is None or isinstance(mesh_axes, MoEAxes):
+            return mesh_axes
+        return MoEAxes(group=mesh_axes, expert=mesh_axes)
+
+    @property
+    def empty(self) -> bool:
+        return not (_axes(self.group) or _axes(self.expert) or _axes(self.hidden))
+
+
+class _Annotator:
+    """The annotations of Algorithm 2, either split(x, 0, D) or mesh_split over MoEAxes."""
+
+    def __init__(self, mesh_axes=None, num_partitions=None):
+        self.axes = MoEAxes.of(mesh_axes)
+        self.d = num_partitions
+        if self.axes is not None and self.axes.empty:
+            self.axes = None
+        if self.axes is not None and self.d is not None:
+            raise ValueError("pass either mesh_axes or num_partitions, not both")
+        if self.axes is not None:
+            self.g, self.e, self.h = (_axes(self.axes.group), _axes(self.axes.expert),
+                                      _axes(self.axes.hidden))
+
+    @property
+    def on(self) -> bool:
+        return self.axes is not None or self.d is not None
+
+    def _mesh(self, x, entries):
+        return _ann.mesh_split(x, tuple(_entry(e) for e in entries))
+
+    def group_split(self, x):
+        """[G, ...] split on G (inputs, outputs, expert outputs [G, E, C, M])."""
+        if self.d is not None:
+            return _ann.split(x, 0, self.d)
+        if self.axes is None:
+            return x
+        rest = tuple(a for a in self.e if a not in self.g)  # E keeps axes G does not use
+        extra = [rest] if x.ndim == 4 else []
+        return self._mesh(x, [self.g] + extra + [()] * (x.ndim - 1 - len(extra)))
+
+    def expert_split(self, x):
+        """Dispatched expert inputs [E, G, C, M]: split on E."""
+        if self.d is not None:
+            return _ann.split(x, 0, self.d)
+        if self.axes is None:
+            return x
+        rest = tuple(a for a in self.g if a not in self.e)  # G keeps axes E does not use
+        return self._mesh(x, [self.e, rest, (), ()])
+
+    def router(self, wg):
+        """wg [M, E]: replicated."""
+        return _ann.replicate(wg) if self.on else wg
+
+    def expert_weight(self, w, hidden_dim):
+        """wi [E, M, H] / wo [E, H, M]: split on E (and H on `hidden`)."""
+        if self.d is not None:
+            return _ann.split(w, 0, self.d)
+        if self.axes is None:
+            return w
+        entries = [self.e, (), ()]
+        entries[hidden_dim] = self.h
+        return self._mesh(w, entries)
+
+
+# ----- expert computation ----------------------------------------------------------------------
+def router_logits(inputs, wg):
+    """logits [G, S, E] in float32 (router math in float32 under bf16 activations)."""
+    return jnp.einsum("GSM,ME->GSE", inputs.astype(jnp.float32),
+                      wg.astype(jnp.float32))                            # [G, S, E]
+
+
+def expert_ffn(x, wi, wo, activation=jax.nn.relu):
+    """x [E, G, C, M] -> y [G, E, C, M]: each expert's FFN on its slots."""
+    h = activation(jnp.einsum("EGCM,EMH->EGCH", x, wi.astype(x.dtype)))   # [E, G, C, H]
+    return jnp.einsum("EGCH,EHM->GECM", h, wo.astype(x.dtype))            # [G, E, C, M]
+
+
+def einsum_dispatch(inputs, dispatch_mask):
+    """Algorithm 2's one-hot dispatch: [G, S, M] -> [E, G, C, M]."""
+    return jnp.einsum("GSEC,GSM->EGCM", dispatch_mask.astype(inputs.dtype), inputs)
+
+
+def einsum_combine(expert_out, combine_weights):
+    """Algorithm 2's combine: [G, E, C, M] -> [G, S, M]."""
+    return jnp.einsum("GSEC,GECM->GSM", combine_weights.astype(expert_out.dtype), expert_out)
+
+
+def gather_dispatch(inputs, slot_token):
+    """Index dispatch: slot (g, e, c) gets token slot_token[g, e, c] (S = empty -> zeros).
+    [G, S, M], [G, E, C] -> [E, G, C, M]; moves G·E·C·M values."""
+    G, E, C = slot_token.shape
+    idx = slot_token.reshape(G, E * C)[..., None]                         # [G, E*C, 1]
+    x = jnp.take_along_axis(inputs, idx, axis=1, mode="fill", fill_value=0)  # [G, E*C, M]
+    x = x.reshape(G, E, C, inputs.shape[-1])                              # [G, E, C, M]
+    return jnp.transpose(x, (1, 0, 2, 3))                                 # [E, G, C, M]
+
+
+def scatter_combine(expert_out, slot_token, slot_gate, group_size):
+    """Index combine: out[g, slot_token[g,e,c]] += slot_gate[g,e,c] · expert_out[g,e,c].
+    [G, E, C, M] -> [G, S, M]; empty slots (index S) are dropped."""
+    G, E, C, M = expert_out.shape
+    vals = expert_out * slot_gate[..., None].astype(expert_out.dtype)     # [G, E, C, M]
+    vals = vals.reshape(G, E * C, M)                                      # [G, E*C, M]
+    idx = slot_token.reshape(G, E * C)                                    # [G, E*C]
+
+    def one_group(v, i):                                                  # [E*C, M], [E*C]
+        return jnp.zeros((group_size, M), v.dtype).at[i].add(v, mode="drop")  # [S, M]
+
+    return jax.vmap(one_group)(vals, idx)                                 # [G, S, M]
+
+
+# ----- the layer ---------------------------------------------------------------------------------
+def moe_layer(inputs, wg, wi, wo, *, dispatch="einsum", kind="top2", k=2, capacity=None,
+              capacity_factor=2.0, second_expert_policy="all", second_expert_threshold=0.5,
+              rng=None, paddings=None, jitter_eps=0.0, activation=jax.nn.relu,
+              mesh_axes=None, num_partitions=None):
+    """GShard MoE layer. Returns (outputs [G, S, M] in inputs.dtype, aux) where aux is a dict:
+    aux_loss, z_loss (scalars) and the gating metrics (tokens_per_expert [E], ...).
+
+    dispatch="einsum": Algorithm 2 with its annotations; "gather": the same result by index
+    dispatch into [E, G, C, M] buffers and scatter-add combine (O(tokens·M) data movement)."""
+    if dispatch not in DISPATCH:
+        raise ValueError(f"dispatch must be one of {DISPATCH}, got {dispatch!r}")
+    _check_shapes(inputs, wg, wi, wo)
+    ann = _Annotator(mesh_axes, num_partitions)
+    inputs = ann.group_split(inputs)                                      # [G, S, M]
+    wg = ann.router(wg)                                                   # [M, E]
+    wi, wo = ann.expert_weight(wi, 2), ann.expert_weight(wo, 1)           # [E, M, H], [E, H, M]
+    routing = gating(router_logits(inputs, wg), kind=kind, k=k, capacity=capacity,
+                     capacity_factor=capacity_factor, second_expert_policy=second_expert_policy,
+                     second_expert_threshold=second_expert_threshold, rng=rng,
+                     paddings=paddings, jitter_eps=jitter_eps,
+                     with_slots=dispatch == "gather")
+    if dispatch == "einsum":
+        out = _einsum_path(inputs, wi, wo, routing, ann, activation)
+    else:
+        out = _gather_path(inputs, wi, wo, routing, ann, activation)
+    aux = {"aux_loss": routing.aux_loss, "z_loss": routing.z_loss, **routing.metrics}
+    return ann.group_split(out.astype(inputs.dtype)), aux
+
+
+def _einsum_path(inputs, wi, wo, routing: GatingResult, ann, activation):
+    x = einsum_dispatch(inputs, routing.dispatch_mask)                     # [E, G, C, M]
+    x = ann.expert_split(x)                                               # split E: AllToAll
+    y = expert_ffn(x, wi, wo, activation)                                 # [G, E, C, M]
+    y = ann.group_split(y)                                                # split G: AllToAll
+    return einsum_combine(y, routing.combine_weights)                     # [G, S, M]
+
+
+def _gather_path(inputs, wi, wo, routing: GatingResult, ann, activation):
+    x = gather_dispatch(inputs, routing.slot_token)                        # [E, G, C, M]
+    x = ann.expert_split(x)
+    y = expert_ffn(x, wi, wo, activation)                                 # [G, E, C, M]
+    y = ann.group_split(y)
+    return scatter_combine(y, routing.slot_token, routing.slot_gate, inputs.shape[1])
+
+
+def _check_shapes(inputs, wg, wi, wo):
+    if inputs.ndim != 3:
+        raise ValueError(f"inputs must be [G, S, M], got shape {inputs.shape}")
+    M, E = wg.shape
+    H = wi.shape[-1]
+    if inputs.shape[-1] != M or wi.shape != (E, M, H) or wo.shape != (E, H, M):
+        raise ValueError(f"shape mismatch: inputs {inputs.shape} [G,S,M], wg {wg.shape} [M,E], "
+                         f"wi {wi.shape} [E,M,H], wo {wo.shape} [E,H,M]")

@@ -1,0 +1,123 @@
+"""The training step: token cross-entropy + 0.01 · MoE aux loss, Adafactor (paper) or Adam.
+
+`make_train_step(cfg, optimizer)` returns a pure function
+    (params, opt_state, batch, rng) -> (params, opt_state, metrics)
+suitable for jax.jit and gshard.partition. A batch is a dict: src [B, Ls], tgt_in [B, Lt],
+tgt_out [B, Lt] int32 and optional src_pad [B, Ls], tgt_pad [B, Lt] float (1 = pad).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ..models.config import ModelConfig
+from ..models.transformer import forward
+
+AUX_LOSS_WEIGHT = 0.01
+
+
+# ----- schedules and optimizers -----------------------------------------------------------------
+def rsqrt_schedule(base_lr: float = 1.0, warmup_steps: int = 10000, linear_warmup: bool = False):
+    """lr(t) = base_lr · rsqrt(max(t, warmup_steps)): constant base/sqrt(warmup) (paper: 0.01)
+    for the first warmup_steps, then rsqrt decay; with linear_warmup the first phase ramps
+    linearly from 0 instead."""
+    def schedule(step):
+        t = jnp.asarray(step, jnp.float32) + 1.0
+        lr = base_lr * jax.lax.rsqrt(jnp.maximum(t, float(warmup_steps)))
+        if linear_warmup:
+            lr = lr * jnp.minimum(t / max(warmup_steps, 1), 1.0)
+        return lr
+    return schedule
+
+
+def adafactor(learning_rate=None, *, base_lr: float = 1.0, warmup_steps: int = 10000,
+              decay_rate: float = 0.8, clipping_threshold: float = 1.0,
+              factored: bool = True) -> optax.GradientTransformation:
+    """Adafactor as in the paper: no momentum (β1 = 0), second-moment decay 1 - t^-0.8,
+    update clipping 1.0, parameter-scaled updates; lr defaults to rsqrt_schedule(base_lr,
+    warmup_steps)."""
+    lr = learning_rate if learning_rate is not None else rsqrt_schedule(base_lr, warmup_steps)
+    return optax.adafactor(learning_rate=lr, decay_rate=decay_rate, momentum=None,
+                           clipping_threshold=clipping_threshold,
+                           multiply_by_parameter_scale=True, factored=factored)
+
+
+def adam(learning_rate=1e-3, *, b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9,
+         warmup_steps: int = 0, clip_norm: Optional[float] = None) -> optax.GradientTransformation:
+    """Adam, with optional linear warmup and global-norm gradient clipping."""
+    lr = learning_rate
+    if warmup_steps:
+        lr = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+    chain = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
+    return optax.chain(*chain, optax.adam(lr, b1=b1, b2=b2, eps=eps))
+
+
+def make_optimizer(name: str, **kwargs) -> optax.GradientTransformation:
+    """"adafactor" or "adam", with that function's keyword arguments."""
+    if name == "adafactor":
+        return adafactor(**kwargs)
+    if name == "adam":
+        return adam(**kwargs)
+    raise ValueError(f"optimizer must be 'adafactor' or 'adam', got {name!r}")
+
+
+# ----- loss ------------------------------------------------------------------------------------
+def cross_entropy(logits, targets, pad=None, label_smoothing: float = 0.0):
+    """Mean over non-pad tokens of the token cross-entropy; logits [B, L, V], targets [B, L].
+    Returns (loss, number of non-pad tokens, accuracy)."""
+    V = logits.shape[-1]
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)        # [B, L, V]
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # [B, L]
+    if label_smoothing:
+        nll = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1)
+    weight = jnp.ones_like(nll) if pad is None else 1.0 - pad.astype(jnp.float32)
+    ntok = jnp.sum(weight)
+    denom = jnp.maximum(ntok, 1.0)
+    acc = jnp.sum((jnp.argmax(logits, -1) == targets) * weight) / denom
+    return jnp.sum(nll * weight) / denom, ntok, acc
+
+
+def loss_fn(params, cfg: ModelConfig, batch, rng, *, deterministic=False, label_smoothing=0.0,
+            aux_loss_weight=AUX_LOSS_WEIGHT, z_loss_weight=0.0):
+    """(loss, metrics): cross-entropy + aux_loss_weight · aux + z_loss_weight · z."""
+    logits, aux = forward(params, cfg, batch["src"], batch["tgt_in"],
+                          src_pad=batch.get("src_pad"), tgt_pad=batch.get("tgt_pad"),
+                          deterministic=deterministic, rng=rng)
+    ce, ntok, acc = cross_entropy(logits, batch["tgt_out"], batch.get("tgt_pad"),
+                                  label_smoothing)
+    loss = ce + aux_loss_weight * aux["aux_loss"] + z_loss_weight * aux["z_loss"]
+    metrics = {"loss": loss, "cross_entropy": ce, "accuracy": acc, "num_tokens": ntok,
+               "aux_loss": aux["aux_loss"], "z_loss": aux["z_loss"],
+               "dropped_fraction": aux["dropped_fraction"], "expert_load": aux["expert_load"]}
+    return loss, metrics
+
+
+# ----- the step ----------------------------------------------------------------------------------
+def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *,
+                    label_smoothing: float = 0.0, aux_loss_weight: float = AUX_LOSS_WEIGHT,
+                    z_loss_weight: float = 0.0, deterministic: bool = False):
+    """A pure (params, opt_state, batch, rng) -> (params, opt_state, metrics).
+
+    rng drives dropout and the random second-expert policy; deterministic=True turns dropout
+    off (rng still drives the gating policy)."""
+    def step(params, opt_state, batch, rng):
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (_, metrics), grads = grad_fn(params, cfg, batch, rng, deterministic=deterministic,
+                                      label_smoothing=label_smoothing,
+                                      aux_loss_weight=aux_loss_weight,
+                                      z_loss_weight=z_loss_weight)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+        return params, opt_state, metrics
+    return step
+
+
+def init_train_state(cfg: ModelConfig, optimizer: optax.GradientTransformation, rng):
+    """(params, opt_state) for a fresh model."""
+    from ..models.transformer import init_params
+    params = init_params(cfg, rng)
+    return params, optimizer.init(params)
