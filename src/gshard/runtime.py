@@ -62,7 +62,7 @@ def build(graph, prop, mesh: MeshInfo, avals) -> Program:
     def body(*local):
         rec = coll.Recorder()
         holder["rec"] = rec
-        return tuple(run_graph(Ctx(mesh, rec), graph, prop, local))
+        return tuple(run_graph(Ctx(mesh, rec, prop), graph, prop, local))
 
     smap = jax.shard_map(body, mesh=mesh.auto_mesh(),
                          in_specs=tuple(s.to_partition_spec() for s in in_specs),

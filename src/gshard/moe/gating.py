@@ -164,7 +164,7 @@ def _wanted_masks(indices, gates, num_experts, nonpad, policy, threshold, rng):
     return masks
 
 
-# ----- token choice: slots -------------------------------------------------------------------------
+# ----- token choice: slots ---------------------------------------------------------------------
 def assign_slots(masks, capacity):
     """Slots for choices in priority order (all first choices, then all second choices, ...).
 
@@ -223,13 +223,13 @@ def _token_choice_metrics(probs, wanted, kept, nonpad):
     }
 
 
-def _split_rng(rng, needs_rng, what):
+def _split_rng(rng, needs_rng, policy):
+    """(jitter, choose, keep) keys; None without rng (then the policy must not need one)."""
     if rng is None:
         if needs_rng:
-            raise ValueError(f"{what} needs an rng (jax.random.key)")
-        return None, None
-    jitter_rng, policy_rng = jax.random.split(rng)
-    return jitter_rng, policy_rng
+            raise ValueError(f"second_expert_policy={policy!r} needs an rng (jax.random.key)")
+        return None, None, None
+    return tuple(jax.random.split(rng, 3))
 
 
 def token_choice_gating(logits, *, k=2, normalize=True, capacity=None, capacity_factor=2.0,
@@ -245,14 +245,10 @@ def token_choice_gating(logits, *, k=2, normalize=True, capacity=None, capacity_
         raise ValueError(f"k={k} must be in [1, E={E}]")
     C = compute_capacity(S, E, capacity_factor, capacity)
     needs = second_expert_policy != "all" and k > 1
-    jitter_rng, policy_rng = _split_rng(rng, needs, f"second_expert_policy={second_expert_policy!r}")
+    jitter_rng, choose_rng, keep_rng = _split_rng(rng, needs, second_expert_policy)
     nonpad = _nonpad(paddings, (G, S))                                    # [G, S]
     logits = _jitter(logits.astype(jnp.float32), jitter_eps, jitter_rng)  # [G, S, E]
     probs = jax.nn.softmax(logits, axis=-1)                               # [G, S, E]
-    if needs:
-        choose_rng, keep_rng = jax.random.split(policy_rng)
-    else:
-        choose_rng = keep_rng = None
     indices = _choose(probs, k, second_expert_policy, choose_rng)
     gates = _gates(probs, indices, normalize)
     wanted = _wanted_masks(indices, gates, E, nonpad, second_expert_policy,

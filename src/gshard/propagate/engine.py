@@ -13,7 +13,7 @@ from typing import Callable
 from ..errors import UnsupportedPrimitiveError
 from ..mesh import MeshInfo
 from ..spec import ShardingSpec, merge
-from ..trace.graph import Graph, Value
+from ..trace.graph import Graph, Value, walk
 
 LEVELS = 4
 
@@ -24,6 +24,7 @@ class PropRule:
     fwd_level: int = 1
     bwd_level: int = 1
     levels: Callable | None = None  # eqn -> (fwd_level, bwd_level), when they depend on the eqn
+    ties: Callable | None = None  # eqn -> [(outer, inner, to_inner, to_outer)] for bodies
 
     def levels_of(self, eqn) -> tuple[int, int]:
         return self.levels(eqn) if self.levels else (self.fwd_level, self.bwd_level)
@@ -32,9 +33,11 @@ class PropRule:
 RULES: dict = {}
 
 
-def register(prims, fn, *, fwd_level: int = 1, bwd_level: int | None = None, levels=None):
+def register(prims, fn, *, fwd_level: int = 1, bwd_level: int | None = None, levels=None,
+             ties=None):
     for p in prims if isinstance(prims, (list, tuple)) else [prims]:
-        RULES[p] = PropRule(fn, fwd_level, fwd_level if bwd_level is None else bwd_level, levels)
+        RULES[p] = PropRule(fn, fwd_level, fwd_level if bwd_level is None else bwd_level, levels,
+                            ties)
     return fn
 
 
@@ -67,18 +70,33 @@ def propagate(graph: Graph, mesh: MeshInfo, fixed: dict) -> Propagation:
 
 
 def _run_level(graph: Graph, state: Propagation, level: int):
+    eqns = list(walk(graph))
     for _ in range(10_000):
         changed = False
-        for eqn in graph.eqns:
+        for eqn in eqns:
             changed |= _apply(eqn, state, level)
-        for eqn in reversed(graph.eqns):
+        for eqn in reversed(eqns):
             changed |= _apply(eqn, state, level)
         if not changed:
             return
 
 
+def _apply_ties(eqn, rule: PropRule, state: Propagation) -> bool:
+    """Loop/branch bodies: outer values and body values take each other's specs."""
+    changed = False
+    for outer, inner, to_inner, to_outer in rule.ties(eqn):
+        why = f"through the body of eqn #{eqn.index} {eqn.prim.name}"
+        if isinstance(outer, Value) and state.specs.get(outer) is not None:
+            changed |= _offer(state, inner, to_inner(state.specs[outer]), why, eqn)
+        if isinstance(inner, Value) and state.specs.get(inner) is not None:
+            changed |= _offer(state, outer, to_outer(state.specs[inner]), why, eqn)
+    return changed
+
+
 def _apply(eqn, state: Propagation, level: int) -> bool:
     rule = RULES[eqn.prim]
+    if rule.ties is not None:
+        return _apply_ties(eqn, rule, state)
     fwd_level, bwd_level = rule.levels_of(eqn)
     fwd, bwd = level >= fwd_level, level >= bwd_level
     if not (fwd or bwd):
@@ -131,10 +149,10 @@ def sanitize(spec: ShardingSpec, shape, mesh: MeshInfo) -> ShardingSpec:
 
 
 def _all_values(graph: Graph):
-    seen = []
-    for v in graph.invars:
-        seen.append(v)
-    for e in graph.eqns:
+    seen = list(graph.invars)
+    for e in walk(graph):
+        for sub in e.subs:
+            seen += sub.invars + list(sub.consts)
         seen += [x for x in e.inputs if isinstance(x, Value)]
         seen += e.outputs
     return seen
@@ -142,7 +160,7 @@ def _all_values(graph: Graph):
 
 def check_supported(graph: Graph, part_rules: dict):
     """Fail before running if a primitive has no propagation or partition rule."""
-    for e in graph.eqns:
+    for e in walk(graph):
         if e.prim not in RULES or e.prim not in part_rules:
             shapes = ", ".join(str(x.aval.str_short()) for x in e.inputs)
             raise UnsupportedPrimitiveError(

@@ -18,14 +18,9 @@ def literal(x: Lit) -> Local:
 
 def run_graph(ctx: Ctx, graph: Graph, prop: Propagation, local_args) -> list:
     """Run `graph` on this device's shards; returns the local output values at their specs."""
-    env: dict = {}
-    for v, a in zip(graph.invars, local_args):
-        env[v] = Local(a, prop.spec(v), v.shape)
-    ctx.at(None)
-    for v, c in graph.consts.items():
-        full = Local(jnp.asarray(c), ShardingSpec.replicated(len(v.shape)), v.shape)
-        env[v] = ctx.reshard(full, prop.spec(v), "closed-over constant placed by its spec")
-    outs = run_eqns(ctx, graph.eqns, env, prop)
+    ctx.prop = prop
+    env = {v: Local(a, prop.spec(v), v.shape) for v, a in zip(graph.invars, local_args)}
+    outs = run_eqns(ctx, graph, env, prop)
     results = []
     ctx.at(None)
     for x in graph.outvars:
@@ -34,11 +29,23 @@ def run_graph(ctx: Ctx, graph: Graph, prop: Propagation, local_args) -> list:
     return results
 
 
-def run_eqns(ctx: Ctx, eqns, env: dict, prop: Propagation):
+def run_sub(ctx: Ctx, graph: Graph, ins: list) -> list:
+    """Run a loop or branch body on Locals bound to its inputs; returns its output Locals."""
+    env = dict(zip(graph.invars, ins))
+    with ctx.scope():
+        read = run_eqns(ctx, graph, env, ctx.prop)
+        return [read(x) for x in graph.outvars]
+
+
+def run_eqns(ctx: Ctx, graph: Graph, env: dict, prop: Propagation):
     def read(x):
         return literal(x) if isinstance(x, Lit) else env[x]
 
-    for eqn in eqns:
+    ctx.at(None)
+    for v, c in graph.consts.items():
+        full = Local(jnp.asarray(c), ShardingSpec.replicated(len(v.shape)), v.shape)
+        env[v] = ctx.reshard(full, prop.spec(v), "closed-over constant placed by its spec")
+    for eqn in graph.eqns:
         ins = [read(x) for x in eqn.inputs]
         targets = [prop.spec(o) for o in eqn.outputs]
         outs = RULES[eqn.prim](ctx.at(eqn), eqn, ins, targets)

@@ -1,6 +1,7 @@
 """Local shards and the partitioning context handed to every partition rule."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,8 +33,9 @@ class Local:
 class Ctx:
     """What a partition rule may use: the mesh, resharding, masking, recorded collectives."""
 
-    def __init__(self, mesh: MeshInfo, recorder: coll.Recorder):
+    def __init__(self, mesh: MeshInfo, recorder: coll.Recorder, prop=None):
         self.mesh = mesh
+        self.prop = prop
         self.rec = recorder
         self.eqn = None
         self._memo: dict = {}  # (id(Local), spec) -> (Local, resharded Local): one reshard per value
@@ -41,6 +43,15 @@ class Ctx:
     @property
     def sizes(self) -> dict[str, int]:
         return self.mesh.sizes
+
+    @contextlib.contextmanager
+    def scope(self):
+        """A fresh reshard memo for a loop or branch body (its values live in an inner trace)."""
+        saved, self._memo = self._memo, {}
+        try:
+            yield self
+        finally:
+            self._memo = saved
 
     def at(self, eqn):
         self.eqn = eqn

@@ -53,6 +53,7 @@ class Eqn:
     outputs: list
     params: dict
     source_info: Any = field(repr=False, default=None)
+    subs: list = field(default_factory=list, repr=False)  # body graphs of scan / while / cond
 
     @property
     def where(self) -> str:
@@ -128,8 +129,29 @@ def _inline(jaxpr, env, eqns, consts, outer_src=None):
         outs = [Value(v.aval) for v in e.outvars]
         for v, o in zip(e.outvars, outs):
             env[v] = o
-        eqns.append(Eqn(len(eqns), e.primitive, ins, outs, dict(e.params), src))
+        subs = [dce(from_closed_jaxpr(j)) for j in _bodies(e)]
+        eqns.append(Eqn(len(eqns), e.primitive, ins, outs, dict(e.params), src, subs))
     return [_atom(env, a) for a in jaxpr.outvars]
+
+
+def _bodies(e) -> list:
+    """The closed jaxprs of a control-flow equation, in the order its rule expects."""
+    name = e.primitive.name
+    if name == "scan":
+        return [e.params["jaxpr"]]
+    if name == "while":
+        return [e.params["cond_jaxpr"], e.params["body_jaxpr"]]
+    if name == "cond":
+        return list(e.params["branches"])
+    return []
+
+
+def walk(graph: "Graph"):
+    """Every equation of a graph and of the bodies nested in it."""
+    for e in graph.eqns:
+        yield e
+        for sub in e.subs:
+            yield from walk(sub)
 
 
 def _inline_call(sub, ins, eqns, consts, src):
