@@ -60,7 +60,7 @@ class Annotation:
 
 # ----- the primitive ----------------------------------------------------------------------------
 annotate_p = Primitive("gshard_annotate")
-annotate_p.def_impl(lambda x, *, ann: x)
+annotate_p.def_impl(lambda x, *, ann: jax.numpy.asarray(x))
 annotate_p.def_abstract_eval(lambda x, *, ann: x)
 mlir.register_lowering(annotate_p, lambda ctx, x, *, ann: [x])
 

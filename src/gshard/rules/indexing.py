@@ -10,10 +10,12 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax.extend.core import primitives as P
 
+from ..compat import primitive
+from ..propagate.engine import register as register_prop
+from ..spec import ShardingSpec, merge
 from ..spmd.local import Local
 from ..spmd.table import register as register_part
-from ..propagate.engine import register as register_prop
-from ..spec import ShardingSpec
+from .misc import part_whole, prop_none
 
 
 def _gather_batch_dims(eqn) -> list[int]:
@@ -45,6 +47,10 @@ def part_gather(ctx, eqn, ins, targets):
     batch = _gather_batch_dims(eqn)
     t = targets[0]
     idx_dims = [t.dims[d] for d in batch] + [()]
+    d = split_lookup_dim(eqn, operand)
+    if d is not None:  # a vocabulary-split table: no gather of the table
+        indices = ctx.reshard(indices, ShardingSpec(tuple(idx_dims[:indices.rank])), "lookup ids")
+        return [masked_lookup(ctx, eqn, operand, indices, d, t)]
     idx_spec = ShardingSpec(tuple(idx_dims[:indices.rank]))
     dn = eqn.params["dimension_numbers"]
     op_spec = _batched(operand.rank, dn.operand_batching_dims, dn.start_indices_batching_dims, idx_spec)
@@ -104,3 +110,120 @@ def part_scatter_add(ctx, eqn, ins, targets):
     val = eqn.prim.bind(base, indices.val, updates.val, **eqn.params)
     out = Local(val, op_spec.with_partial(axes), eqn.outputs[0].shape)
     return [out]
+
+
+# ----- vocabulary-split lookups: masked local gather + a partial sum --------------------------
+def split_lookup_dim(eqn, operand: Local):
+    """The indexed operand dim when a gather reads single rows of a table split along it."""
+    dn, sizes = eqn.params["dimension_numbers"], eqn.params["slice_sizes"]
+    if len(dn.start_index_map) != 1 or dn.operand_batching_dims:
+        return None
+    d = dn.start_index_map[0]
+    if d not in dn.collapsed_slice_dims or sizes[d] != 1 or not operand.spec.dims[d]:
+        return None
+    return d
+
+
+def masked_lookup(ctx, eqn, operand: Local, indices: Local, d: int, target):
+    """Each device looks up the rows it holds (others read as zero): partial over the table's axes."""
+    axes = operand.spec.dims[d]
+    operand = ctx.reshard(operand, ShardingSpec.replicated(operand.rank).with_dim(d, axes),
+                          "lookup table keeps its split")
+    L, n = operand.val.shape[d], operand.shape[d]
+    local = indices.val - (ctx.shard_index(axes) * L).astype(indices.dtype)
+    ok = (local >= 0) & (local < L) & (indices.val < n)  # [..., 1]
+    val = eqn.prim.bind(operand.val, jnp.clip(local, 0, L - 1), **eqn.params)
+    ok = jnp.all(ok, axis=-1)
+    batch = _gather_batch_dims(eqn)
+    mask = jnp.expand_dims(ok, [i for i in range(val.ndim) if i not in batch])
+    val = jnp.where(mask, val, jnp.zeros_like(val))
+    spec = ShardingSpec(tuple(target.dims[i] if i in batch else () for i in range(val.ndim)), axes)
+    return Local(val, spec, eqn.outputs[0].shape)
+
+
+# ----- dynamic_slice / dynamic_update_slice: sliced dims whole, full-extent dims pass -----------
+def _full_dims(eqn) -> list[bool]:
+    shape = eqn.inputs[0].shape
+    if eqn.prim is P.dynamic_slice_p:
+        sizes = eqn.params["slice_sizes"]
+    else:
+        sizes = eqn.inputs[1].shape
+    return [n == s for n, s in zip(shape, sizes)]
+
+
+def _keep(spec, full):
+    return None if spec is None else ShardingSpec(tuple(a if f else () for a, f in zip(spec.dims, full)))
+
+
+def prop_dynamic(eqn, ins, outs, mesh):
+    full = _full_dims(eqn)
+    props = [_keep(outs[0], full)]
+    if eqn.prim is P.dynamic_update_slice_p:
+        props.append(_keep(outs[0], full))
+    props += [None] * (len(ins) - len(props))
+    fwd = _keep(ins[0], full) if eqn.prim is P.dynamic_slice_p else ins[0]
+    return props, [fwd]
+
+
+register_prop([P.dynamic_slice_p, P.dynamic_update_slice_p], prop_dynamic, fwd_level=1)
+
+
+@register_part([P.dynamic_slice_p, P.dynamic_update_slice_p])
+def part_dynamic(ctx, eqn, ins, targets):
+    full = _full_dims(eqn)
+    want = _keep(targets[0], full)
+    is_update = eqn.prim is P.dynamic_update_slice_p
+    n_arrays = 2 if is_update else 1
+    arrays = [ctx.reshard(x, want, f"{eqn.prim.name}: sliced dims whole") for x in ins[:n_arrays]]
+    starts = [ctx.reshard(s, ShardingSpec.replicated(0), "slice start").val for s in ins[n_arrays:]]
+    starts = [jnp.zeros_like(s) if f else s for s, f in zip(starts, full)]
+    params = dict(eqn.params)
+    if not is_update:
+        local = want.local_shape(eqn.outputs[0].shape, ctx.sizes)
+        params["slice_sizes"] = tuple(local)
+    val = eqn.prim.bind(*[a.val for a in arrays], *starts, **params)
+    return [ctx.reshard(Local(val, want, eqn.outputs[0].shape), targets[0], "slice result")]
+
+
+# ----- sort, top_k, split: the dim they work along is whole -----------------------------------
+SPLIT = primitive("split")
+
+
+def _along(eqn) -> int:
+    if eqn.prim is P.sort_p:
+        return eqn.params["dimension"]
+    if eqn.prim is P.top_k_p:
+        return len(eqn.inputs[0].shape) - 1
+    return eqn.params["axis"]
+
+
+def prop_along(eqn, ins, outs, mesh):
+    d = _along(eqn)
+    merged = None
+    for s in list(ins) + list(outs):
+        merged = merge(merged, s)
+    if merged is not None:
+        merged = merged.with_dim(d, ())
+    return [merged] * len(ins), [merged] * len(eqn.outputs)
+
+
+ALONG = [p for p in (P.sort_p, P.top_k_p, SPLIT) if p is not None]
+register_prop(ALONG, prop_along, fwd_level=1)
+
+
+@register_part(ALONG)
+def part_along(ctx, eqn, ins, targets):
+    d = _along(eqn)
+    want = targets[0].drop_partial().with_dim(d, ())
+    vals = [ctx.reshard(x, want, f"{eqn.prim.name} needs dim {d} whole").val for x in ins]
+    outs = eqn.prim.bind(*vals, **eqn.params)
+    outs = outs if eqn.prim.multiple_results else [outs]
+    res = [Local(v, want, o.shape) for v, o in zip(outs, eqn.outputs)]
+    return [ctx.reshard(r, t, f"{eqn.prim.name} result") for r, t in zip(res, targets)]
+
+
+# ----- other scatters: computed whole, then sliced (reported as full replication) --------------
+WHOLE = [p for p in (getattr(P, f"{n}_p", None) for n in ("scatter", "scatter_mul", "scatter_min",
+                                                          "scatter_max")) if p is not None]
+register_prop(WHOLE, prop_none, fwd_level=1)
+register_part(WHOLE)(part_whole)

@@ -1,0 +1,232 @@
+"""The training driver behind `gshard train`: corpus batches -> partitioned train step on a mesh,
+metrics.jsonl, progress bar, atomic checkpoints, exact resume, held-out loss.
+
+Exact resume: step s (1-based) trains on BatchIterator.batch_at(s - 1) with the PRNG key
+fold_in(PRNGKey(seed), s); params and optimizer state are restored bit-exact from the newest good
+checkpoint, so `--steps 40` then `--steps 60` gives the same loss curve as `--steps 60` at once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from . import checkpoint as ckpt
+from .config import RunConfig, dumps, from_dict
+from .distributed import MeshPlan, ProcessSpec, initialize, parse_mesh
+from .metrics import MetricsLog, Progress
+
+CONFIG = "config.json"
+# Knobs that may change between runs on one workdir without invalidating its checkpoints.
+RESUMABLE = {"train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+             "train.dev_every", "train.dev_batches"}
+
+
+class WorkdirMismatch(ValueError):
+    pass
+
+
+def _flat(cfg: RunConfig) -> dict:
+    return {f"{s}.{k}": v for s, sec in cfg.to_dict().items() if isinstance(sec, dict)
+            for k, v in sec.items()}
+
+
+def prepare_workdir(cfg: RunConfig, workdir: Path, write: bool = True) -> RunConfig:
+    """Resolve data.dir, check the workdir's saved config agrees (but for RESUMABLE keys, and
+    eval.*), and save the config."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = cfg.replace(data=dataclasses.replace(cfg.data, dir=str(Path(cfg.data.dir).resolve())))
+    path = workdir / CONFIG
+    if path.exists():
+        old = _flat(from_dict(json.loads(path.read_text())))
+        new = _flat(cfg)
+        diff = [k for k in new if k not in RESUMABLE and not k.startswith("eval.")
+                and old.get(k) != new[k]]
+        if diff:
+            raise WorkdirMismatch(
+                f"{workdir} holds a run with a different config: " +
+                ", ".join(f"{k}={old.get(k)!r} (now {new[k]!r})" for k in diff) +
+                "; use another --workdir or the same settings")
+    if write:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(dumps(cfg))
+        os.replace(tmp, path)
+    return cfg
+
+
+def load_workdir_config(workdir) -> RunConfig:
+    path = Path(workdir) / CONFIG
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: train first (gshard train --workdir {workdir})")
+    return from_dict(json.loads(path.read_text()))
+
+
+def make_optimizer(cfg: RunConfig):
+    from .step import make_optimizer as mk
+
+    t = cfg.train
+    if t.optimizer == "adam":
+        return mk("adam", learning_rate=t.learning_rate, warmup_steps=t.warmup_steps,
+                  clip_norm=t.clip_norm or None)
+    return mk("adafactor", base_lr=t.learning_rate, warmup_steps=max(t.warmup_steps, 1))
+
+
+def model_config(cfg: RunConfig, corpus, plan: MeshPlan | None):
+    axes = plan.axes() if plan is not None and plan.size > 1 else None
+    mc = cfg.model_config(corpus.src_vocab_size, corpus.tgt_vocab_size, axes)
+    if plan is not None and plan.size > 1:
+        if cfg.train.batch_size % plan.data_size():
+            raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
+                             f"{plan.data_size()} devices of the data axes ({plan.describe()})")
+        if mc.moe.every and mc.moe.num_experts < plan.size:
+            raise ValueError(f"moe.num_experts={mc.moe.num_experts} < {plan.size} devices the "
+                             f"experts are split over; use moe.num_experts>={plan.size}")
+    return mc
+
+
+def init_state(mc, optimizer, seed: int):
+    """(params, opt_state) as host numpy trees (identical on every process)."""
+    from .step import init_train_state
+    state = jax.jit(lambda k: init_train_state(mc, optimizer, k))(jax.random.PRNGKey(seed))
+    return jax.tree_util.tree_map(np.asarray, state)
+
+
+def step_key(seed: int, step: int) -> np.ndarray:
+    return np.asarray(jax.random.fold_in(jax.random.PRNGKey(seed + 1), step))
+
+
+def model_batch(batch: dict) -> dict:
+    return {k: batch[k] for k in ("src", "tgt_in", "tgt_out", "src_pad", "tgt_pad")}
+
+
+def _tokens(batch) -> int:
+    return int((1 - batch["src_pad"]).sum() + (1 - batch["tgt_pad"]).sum())
+
+
+@dataclass
+class Trainer:
+    """Everything a run needs, built once; `run()` trains to cfg.train.steps."""
+    cfg: RunConfig
+    workdir: Path
+    plan: MeshPlan
+    proc: ProcessSpec
+    progress: bool = True
+    log: callable = print
+
+    def __post_init__(self):
+        import gshard
+        from gshard.data import BatchIterator, Corpus
+        from .step import make_train_step
+
+        self.main = jax.process_index() == 0
+        self.cfg = prepare_workdir(self.cfg, self.workdir, write=self.main)
+        self.corpus = Corpus.load(self.cfg.data.dir)
+        t = self.cfg.train
+        self.mesh = self.plan.make()
+        self.mc = model_config(self.cfg, self.corpus, self.plan)
+        self.optimizer = make_optimizer(self.cfg)
+        self.batches = BatchIterator(self.corpus, t.batch_size, t.src_len, t.tgt_len,
+                                     temperature=t.temperature, seed=t.seed)
+        step = make_train_step(self.mc, self.optimizer, label_smoothing=t.label_smoothing,
+                               aux_loss_weight=t.aux_loss_weight,
+                               deterministic=self.cfg.model.dropout == 0.0)
+        self.step_fn = gshard.partition(step, self.mesh)
+        self.dev_fn = gshard.partition(self._dev_loss, self.mesh)
+
+    def _dev_loss(self, params, batch):
+        from .step import loss_fn
+        _, m = loss_fn(params, self.mc, batch, None, deterministic=True)
+        return m["cross_entropy"], m["num_tokens"]
+
+    def restore(self):
+        template = init_state(self.mc, self.optimizer, self.cfg.train.seed)
+        got = ckpt.restore_latest(self.workdir, template, log=self.log)
+        if got is None:
+            return 0, template
+        self.log(f"resuming from {got.path} (step {got.step})")
+        return got.step, got.state
+
+    def dev_loss(self, params) -> float:
+        """Token-weighted cross-entropy on fixed dev batches (deterministic, no dropout)."""
+        from gshard.data import BatchIterator
+        t = self.cfg.train
+        it = BatchIterator(self.corpus, t.batch_size, t.src_len, t.tgt_len,
+                           temperature=t.temperature, seed=10_000 + t.seed, split="dev")
+        tot = n = 0.0
+        for i in range(t.dev_batches):
+            ce, nt = self.dev_fn(params, model_batch(it.batch_at(i)))
+            tot, n = tot + float(ce) * float(nt), n + float(nt)
+        return tot / max(n, 1.0)
+
+    def run(self) -> dict:
+        t = self.cfg.train
+        start, (params, opt_state) = self.restore()
+        if start >= t.steps:
+            self.log(f"{self.workdir}: already trained to step {start} >= --steps {t.steps}")
+            return {"step": start, "resumed_from": start, "trained": 0}
+        metrics_log = MetricsLog(self.workdir, start, enabled=self.main)
+        bar = Progress(start, t.steps, enabled=self.progress and self.main)
+        t0, last = time.perf_counter(), {}
+        for s in range(start + 1, t.steps + 1):
+            params, opt_state, last = self._one_step(s, params, opt_state, metrics_log, bar)
+            if s % t.checkpoint_every == 0 or s == t.steps:
+                ckpt.save(self.workdir, s, (params, opt_state), keep=t.keep_checkpoints,
+                          extra={"loss": float(last["loss"])})
+            if t.dev_every and s % t.dev_every == 0 and s != t.steps:
+                metrics_log.write({"step": s, "dev_loss": self.dev_loss(params)})
+        bar.close()
+        dev = self.dev_loss(params)
+        metrics_log.write({"step": t.steps, "dev_loss": dev, "final": True})
+        wall = time.perf_counter() - t0
+        return {"step": t.steps, "resumed_from": start, "trained": t.steps - start,
+                "loss": float(last["loss"]), "dev_loss": dev, "seconds": wall}
+
+    def _one_step(self, s, params, opt_state, metrics_log, bar):
+        _test_hook(s)
+        batch = self.batches.batch_at(s - 1)
+        t0 = time.perf_counter()
+        params, opt_state, m = self.step_fn(params, opt_state, model_batch(batch),
+                                            step_key(self.cfg.train.seed, s))
+        loss = float(m["loss"])                       # blocks until the step is done
+        dt = time.perf_counter() - t0
+        tps = _tokens(batch) / dt
+        if s % self.cfg.train.log_every == 0 or s == self.cfg.train.steps:
+            metrics_log.write({
+                "step": s, "loss": loss, "cross_entropy": m["cross_entropy"],
+                "aux_loss": m["aux_loss"], "accuracy": m["accuracy"],
+                "dropped_fraction": m["dropped_fraction"], "expert_load": m["expert_load"],
+                "grad_norm": m["grad_norm"], "tokens_per_s": round(tps, 1),
+                "step_seconds": round(dt, 4)})
+        bar.update(s, loss, tps)
+        return params, opt_state, {"loss": loss}
+
+
+def _test_hook(step: int):
+    """GSHARD_TEST_DIE_AT="PID:STEP": that process exits abruptly at that step (tests only)."""
+    spec = os.environ.get("GSHARD_TEST_DIE_AT")
+    if spec:
+        pid, at = (int(x) for x in spec.split(":"))
+        if pid == jax.process_index() and step == at:
+            os._exit(17)
+
+
+def train(cfg: RunConfig, workdir, *, mesh: str | None = None, proc: ProcessSpec | None = None,
+          progress: bool = True, log=print) -> dict:
+    """Train (or resume) the run in `workdir` to cfg.train.steps; returns a summary dict."""
+    proc = proc or ProcessSpec()
+    dog = initialize(proc)
+    plan = parse_mesh(mesh, jax.device_count())
+    trainer = Trainer(cfg, Path(workdir), plan, proc, progress=progress, log=log)
+    if jax.process_index() == 0:
+        log(f"training {cfg.preset}: mesh {plan.describe()} over {jax.device_count()} devices "
+            f"({jax.process_count()} process(es)); workdir {workdir}")
+    out = trainer.run()
+    if dog is not None:
+        dog.stop()
+    return out
