@@ -1,0 +1,200 @@
+"""conv_general_dilated with split spatial dims: halo exchange (GShard §3.3.3, appendix A.4).
+
+A spatial dim split over axes A is convolved locally after each device receives the boundary
+rows its windows need from its neighbours (CollectivePermute), with positions outside the image
+(padding, uneven tails) zeroed. Device i needs input positions [i*step + a0, +window):
+- output split (the usual case): step = Lo*stride, a0 = -pad_lo, window = (Lo-1)*stride + span;
+- window split (the kernel gradient, where the output is the small kernel): step = Lg*rhs_dil,
+  the result a partial sum over A.
+Batch and output-feature splits are local; an input-feature split on both sides is a partial sum.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+from jax import lax
+from jax.extend.core import primitives as P
+
+from .. import collectives as coll
+from ..propagate.engine import register as register_prop
+from ..spec import ShardingSpec
+from ..spmd.local import Local
+from ..spmd.table import register as register_part
+
+
+@dataclass(frozen=True)
+class Dims:
+    lhs: tuple
+    rhs: tuple
+    out: tuple
+
+    @staticmethod
+    def of(eqn) -> "Dims":
+        dn = eqn.params["dimension_numbers"]
+        return Dims(tuple(dn.lhs_spec), tuple(dn.rhs_spec), tuple(dn.out_spec))
+
+    @property
+    def nspatial(self) -> int:
+        return len(self.lhs) - 2
+
+
+def _grouped(eqn) -> bool:
+    return eqn.params["feature_group_count"] != 1 or eqn.params["batch_group_count"] != 1
+
+
+def _dims(spec, rank):
+    return spec.dims if spec is not None else ((),) * rank
+
+
+# ----- propagation ------------------------------------------------------------------------------
+def prop_conv(eqn, ins, outs, mesh):
+    d = Dims.of(eqn)
+    lshape, rshape = eqn.inputs[0].shape, eqn.inputs[1].shape
+    ld, rd = _dims(ins[0], len(lshape)), _dims(ins[1], len(rshape))
+    od = _dims(outs[0], len(lshape))
+    out = [()] * len(lshape)
+    lhs = [()] * len(lshape)
+    rhs = [()] * len(rshape)
+    if eqn.params["batch_group_count"] == 1:
+        out[d.out[0]], lhs[d.lhs[0]] = ld[d.lhs[0]], od[d.out[0]]
+    if not _grouped(eqn):
+        out[d.out[1]], rhs[d.rhs[0]] = rd[d.rhs[0]], od[d.out[1]]
+    for k in range(d.nspatial):
+        if rshape[d.rhs[2 + k]] < lshape[d.lhs[2 + k]] and eqn.params["lhs_dilation"][k] == 1:
+            out[d.out[2 + k]], lhs[d.lhs[2 + k]] = ld[d.lhs[2 + k]], od[d.out[2 + k]]
+    return [ShardingSpec(tuple(lhs)), ShardingSpec(tuple(rhs))], [ShardingSpec(tuple(out))]
+
+
+register_prop(P.conv_general_dilated_p, prop_conv, fwd_level=1)
+
+
+# ----- planning ---------------------------------------------------------------------------------
+def _spatial_modes(eqn, d: Dims, lhs: Local, rhs: Local, target: ShardingSpec):
+    """Per spatial dim: ('out', axes), ('window', axes) or ('whole', ())."""
+    modes = []
+    for k in range(d.nspatial):
+        la, ra = lhs.spec.dims[d.lhs[2 + k]], rhs.spec.dims[d.rhs[2 + k]]
+        oa = target.dims[d.out[2 + k]]
+        if eqn.params["lhs_dilation"][k] != 1:
+            modes.append(("whole", ()))
+        elif oa:
+            modes.append(("out", oa))
+        elif la and la == ra:
+            modes.append(("window", la))
+        else:
+            modes.append(("whole", ()))
+    return modes
+
+
+def _plan(eqn, d: Dims, lhs: Local, rhs: Local, target: ShardingSpec):
+    modes = _spatial_modes(eqn, d, lhs, rhs, target)
+    ldims, rdims, odims = [()] * lhs.rank, [()] * rhs.rank, [()] * lhs.rank
+    if eqn.params["batch_group_count"] == 1:
+        ldims[d.lhs[0]] = odims[d.out[0]] = target.dims[d.out[0]]
+    if not _grouped(eqn):
+        rdims[d.rhs[0]] = odims[d.out[1]] = target.dims[d.out[1]]
+    partial = []
+    ca = lhs.spec.dims[d.lhs[1]]
+    if not _grouped(eqn) and ca and ca == rhs.spec.dims[d.rhs[1]]:
+        ldims[d.lhs[1]] = rdims[d.rhs[1]] = ca
+        partial += list(ca)
+    for k, (mode, axes) in enumerate(modes):
+        ldims[d.lhs[2 + k]] = axes
+        if mode == "out":
+            odims[d.out[2 + k]] = axes
+        elif mode == "window":
+            rdims[d.rhs[2 + k]] = axes
+            partial += list(axes)
+    specs = ShardingSpec(tuple(ldims)), ShardingSpec(tuple(rdims)), ShardingSpec(tuple(odims), tuple(partial))
+    for spec in specs:
+        used = list(spec.used_axes()) + list(spec.partial)
+        if len(used) != len(set(used)):
+            return modes, None
+    return modes, specs
+
+
+# ----- halo exchange ----------------------------------------------------------------------------
+def _halo_window(ctx, x, dim, axes, n, step, a0, width):
+    """This device's input window [i*step + a0, +width) along `dim`, from its shard and its
+    neighbours' boundary rows; positions outside [0, n) are zero. None if a halo is too wide."""
+    L = x.shape[dim]
+    t = _tiles(ctx, axes)
+    left = max(0, max(i * L - (i * step + a0) for i in (0, t - 1)))
+    right = max(0, max(i * step + a0 + width - (i + 1) * L for i in (0, t - 1)))
+    if left > L or right > L:
+        return None
+    parts = []
+    if left:
+        edge = lax.slice_in_dim(x, L - left, L, axis=dim)
+        parts.append(coll.collective_permute(ctx.rec, edge, axes, [(j, j + 1) for j in range(t - 1)],
+                                             f"halo of {left} rows from the left neighbour"))
+    parts.append(x)
+    if right:
+        edge = lax.slice_in_dim(x, 0, right, axis=dim)
+        parts.append(coll.collective_permute(ctx.rec, edge, axes, [(j + 1, j) for j in range(t - 1)],
+                                             f"halo of {right} rows from the right neighbour"))
+    ext = jnp.concatenate(parts, axis=dim) if len(parts) > 1 else x
+    i = ctx.shard_index(axes)
+    pos = lax.broadcasted_iota(jnp.int32, ext.shape, dim) + i * L - left
+    ext = jnp.where((pos >= 0) & (pos < n), ext, jnp.zeros_like(ext))
+    return lax.dynamic_slice_in_dim(ext, i * (step - L) + left + a0, width, axis=dim)
+
+
+def _tiles(ctx, axes) -> int:
+    t = 1
+    for a in axes:
+        t *= ctx.sizes[a]
+    return t
+
+
+# ----- partitioning -----------------------------------------------------------------------------
+@register_part(P.conv_general_dilated_p)
+def part_conv(ctx, eqn, ins, targets):
+    d, p = Dims.of(eqn), eqn.params
+    lhs, rhs = ins
+    modes, specs = _plan(eqn, d, lhs, rhs, targets[0])
+    if specs is None:
+        modes = [("whole", ())] * d.nspatial
+        specs = (ShardingSpec.replicated(lhs.rank),) * 2 + (ShardingSpec.replicated(lhs.rank),)
+    lspec, rspec, ospec = specs
+    lhs = ctx.masked(ctx.reshard(lhs, lspec, "conv input"), [d.lhs[1]], 0)
+    rhs = ctx.masked(ctx.reshard(rhs, rspec, "conv kernel"), [d.rhs[1]] + list(d.rhs[2:]), 0)
+    x, padding = lhs.val, list(p["padding"])
+    for k, (mode, axes) in enumerate(modes):
+        if mode == "whole":
+            continue
+        win = _window_args(eqn, d, k, mode, axes, lhs, rhs, targets[0], ctx)
+        y = _halo_window(ctx, x, d.lhs[2 + k], axes, *win)
+        if y is None:
+            return _fallback(ctx, eqn, ins, targets)
+        x, padding[k] = y, (0, 0)
+    val = eqn.prim.bind(x, rhs.val, **dict(p, padding=tuple(padding)))
+    out = Local(val, ospec, eqn.outputs[0].shape)
+    return [out] if ospec.partial else [ctx.reshard(out, targets[0], "conv result")]
+
+
+def _window_args(eqn, d, k, mode, axes, lhs, rhs, target, ctx):
+    p = eqn.params
+    n = lhs.shape[d.lhs[2 + k]]
+    s, rd, (pl, _) = p["window_strides"][k], p["rhs_dilation"][k], p["padding"][k]
+    if mode == "out":
+        Lo = target.local_shape(eqn.outputs[0].shape, ctx.sizes)[d.out[2 + k]]
+        w = rhs.shape[d.rhs[2 + k]]
+        return n, Lo * s, -pl, (Lo - 1) * s + (w - 1) * rd + 1
+    Lg = rhs.val.shape[d.rhs[2 + k]]
+    out = eqn.outputs[0].shape[d.out[2 + k]]
+    return n, Lg * rd, -pl, (out - 1) * s + (Lg - 1) * rd + 1
+
+
+def _fallback(ctx, eqn, ins, targets):
+    """Halos wider than a neighbour's shard: convolve with whole spatial dims (reported)."""
+    d = Dims.of(eqn)
+    lspec = ins[0].spec.drop_partial()
+    for k in range(d.nspatial):
+        lspec = lspec.with_dim(d.lhs[2 + k], ())
+    lhs = ctx.reshard(ins[0], ShardingSpec.replicated(ins[0].rank), "conv input whole (wide halo)")
+    rhs = ctx.reshard(ins[1], ShardingSpec.replicated(ins[1].rank), "conv kernel whole")
+    val = eqn.prim.bind(lhs.val, rhs.val, **eqn.params)
+    out = Local(val, ShardingSpec.replicated(lhs.rank), eqn.outputs[0].shape)
+    return [ctx.reshard(out, targets[0], "conv result")]
