@@ -79,6 +79,8 @@ class DataSection:
 class EvalSection:
     max_sentences: int = 100               # decoded test sentences per language (speed cap)
     min_test_pairs: int = 100              # languages scored: at least this many test pairs
+    pool_min_pairs: int = 10               # smaller languages still count in the tier pools...
+    pool_max_sentences: int = 20           # ...with at most this many sentences each
     beam_size: int = 4
     length_penalty: float = 0.6            # GNMT alpha for beam scores
     batch_size: int = 64
