@@ -64,11 +64,13 @@ def _grid_dims(spec, rank):
     sharded = [d for d in range(rank) if d < len(spec.dims) and spec.dims[d]]
     if not sharded:
         return [], []
+    if sharded == [0] and rank >= 2:
+        return [0], []
     return sharded[:-1], sharded[-1:]
 
 
 def _label(dims, tile) -> str:
-    return " ".join(f"{tile.ranges[d][0]}:{tile.ranges[d][1]}" for d in dims)
+    return " ".join(f"[{tile.ranges[d][0]}:{tile.ranges[d][1]})" for d in dims)
 
 
 def _device_name(p: int, device_ids) -> str:
@@ -91,11 +93,11 @@ def text_grid(name, spec, shape, dtype, mesh_names, mesh_shape, device_ids=None,
             for t in tiles}
     texts = {k: ",".join(_device_name(p, device_ids) for p in t.devices) for k, t in cell.items()}
     width = max(len(s) for s in texts.values())
-    row_lab = {r: ("dims " + ",".join(map(str, rows_d)) + " [" + _label(
-        rows_d, cell[(r, col_keys[0])]) + "]") if rows_d else "" for r in row_keys}
+    row_lab = {r: (("dims " if len(rows_d) > 1 else "dim ") + ",".join(map(str, rows_d)) + " "
+                   + _label(rows_d, cell[(r, col_keys[0])])) if rows_d else "" for r in row_keys}
     rw = max(len(s) for s in row_lab.values())
     shown = col_keys[:max_cols]
-    col_lab = {c: ("[" + _label(cols_d, cell[(row_keys[0], c)]) + "]") if cols_d else "all"
+    col_lab = {c: _label(cols_d, cell[(row_keys[0], c)]) if cols_d else "all columns"
                for c in shown}
     width = max([width] + [len(s) for s in col_lab.values()])
     if cols_d:
@@ -202,6 +204,10 @@ def find_value(low, key: str, arg_names=None):
         return exact[0]
     if arg_names:
         hits = [(n, v) for n, v in zip(arg_names, low.graph.invars) if n and key in n]
+        if len(hits) > 1:  # prefer the one shortest name (params/... over opt_state/.../...)
+            best = min(len(n) for n, _ in hits)
+            short = [h for h in hits if len(h[0]) == best]
+            hits = short if len(short) == 1 else hits
         if len(hits) == 1:
             return hits[0]
         if len(hits) > 1:

@@ -222,10 +222,16 @@ def _finish(row: dict) -> dict:
     return row
 
 
-def simulate(devices, settings: SimSettings | None = None, progress=None) -> list[dict]:
-    """Rows for each device count in ``devices``."""
+def simulate(devices, settings: SimSettings | None = None, progress=None,
+             warmup: bool = True) -> list[dict]:
+    """Rows for each device count in ``devices``. ``warmup``: lower once before timing, so that
+    ``partition_seconds`` measures steady-state partitioning, not first-trace costs."""
     s = settings or SimSettings()
     rows = []
+    if warmup and devices:  # first-trace costs (imports, jax caches) out of partition_seconds
+        d0 = int(devices[0])
+        lower_train_step(model_config(s, d0, *((2, 2) if s.mode == "pair" else (None, None))),
+                         d0, s)
     for d in devices:
         t0 = time.perf_counter()
         rows.append(simulate_point(int(d), s))

@@ -9,6 +9,8 @@ SUBCOMMANDS = {  # name -> module with add_parser(subparsers) and run(args)
     "run": "gshard.cli.run_cmd",
     "rules": "gshard.cli.rules_cmd",
     "data": "gshard.cli.data_cmd",
+    "explain": "gshard.cli.explain_cmd",
+    "simulate": "gshard.cli.simulate_cmd",
     "train": "gshard.cli.train_cmd",
     "eval": "gshard.cli.eval_cmd",
     "translate": "gshard.cli.translate_cmd",

@@ -60,6 +60,8 @@ class Ctx:
 
     def reshard(self, x: Local, spec: ShardingSpec, reason: str = "") -> Local:
         from .reshard import reshard
+        if set(spec.partial) & set(spec.used_axes()):  # a split axis cannot stay unreduced
+            spec = spec.with_partial(tuple(a for a in spec.partial if a not in spec.used_axes()))
         if x.spec == spec:
             return x
         key = (id(x), spec)

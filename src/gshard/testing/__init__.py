@@ -33,3 +33,33 @@ def assert_close(a, b, rtol=1e-4, atol=1e-4, what=""):
         scale = max(1.0, float(np.abs(y).max())) if y.size else 1.0  # float reassociation
         np.testing.assert_allclose(np.asarray(x, np.float64), y, rtol=rtol, atol=atol * scale,
                                    err_msg=what)
+
+
+def first_divergence(fn, mesh, *args, atol=1e-4):
+    """The first equation whose partitioned result differs from the unpartitioned one, as
+    (eqn index, primitive name, source line, max abs error), or None. A debugging aid."""
+    import gshard
+    from gshard.runtime import build, place
+    from gshard.trace.graph import Graph, Lit
+
+    leaves = jax.tree_util.tree_leaves(args)
+    low = gshard.partition(fn, mesh).lower(*args)
+    g = low.graph
+    values = [o for e in g.eqns for o in e.outputs]
+    avals = [jax.ShapeDtypeStruct(np.shape(x), jax.numpy.asarray(x).dtype) for x in leaves]
+    prog = build(Graph(g.invars, values, g.eqns, g.consts), low.prop, low.mesh, avals)
+    got = dict(zip(values, prog.call(*place(leaves, prog.in_shardings))))
+    env = dict(zip(g.invars, leaves))
+    env.update(g.consts)
+    for e in g.eqns:
+        ins = [x.val if isinstance(x, Lit) else env[x] for x in e.inputs]
+        outs = e.prim.bind(*ins, **e.params)
+        outs = outs if e.prim.multiple_results else [outs]
+        for o, ref in zip(e.outputs, outs):
+            env[o] = ref
+            a, b = np.asarray(got[o], np.float64), np.asarray(ref, np.float64)
+            same = (a == b) | (np.isnan(a) & np.isnan(b))
+            err = float(np.max(np.where(same, 0.0, np.abs(a - b)), initial=0.0))
+            if not err <= atol:
+                return e.index, e.prim.name, e.where, err
+    return None

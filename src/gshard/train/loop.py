@@ -123,6 +123,7 @@ class Trainer:
         import gshard
         from gshard.data import BatchIterator, Corpus
         from .step import make_train_step
+        from . import prng_compat  # noqa: F401  (dropout under gshard.partition)
 
         self.main = jax.process_index() == 0
         self.cfg = prepare_workdir(self.cfg, self.workdir, write=self.main)

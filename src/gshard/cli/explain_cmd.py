@@ -1,0 +1,216 @@
+"""`gshard explain`: what gshard does to a function on a mesh, before anything runs.
+
+    gshard explain MODULE:FUNCTION --mesh data=2,model=4 --args "f32[8,16] f32[16,32]"
+    gshard explain --preset tiny --mesh data=2,model=4 --show embed --png shard.png
+
+Prints every value's spec with its provenance, every collective (kind, mesh axes, bytes per
+device, reason, the user's source line), a WARNING per full-replication reshard, and a sharding
+picture (text grid; PNG with --png) of each --show value. A mesh larger than the devices present
+is built as a jax.sharding.AbstractMesh (nothing runs; shapes only).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import re
+import sys
+
+DTYPES = {"f16": "float16", "bf16": "bfloat16", "f32": "float32", "f64": "float64",
+          "i8": "int8", "i16": "int16", "i32": "int32", "i64": "int64", "u8": "uint8",
+          "u16": "uint16", "u32": "uint32", "u64": "uint64", "bool": "bool", "pred": "bool"}
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ARG = re.compile(r"^([A-Za-z0-9]+)\[([0-9,\s]*)\]$")
+
+
+class SpecError(ValueError):
+    """A malformed --mesh or --args spelling."""
+
+
+def parse_mesh_spec(text: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """``"data=2,model=4"`` -> (("data", "model"), (2, 4)). Raises SpecError with the fix."""
+    if not text or not text.strip():
+        raise SpecError("empty mesh: spell it NAME=SIZE[,NAME=SIZE...], e.g. data=2,model=4")
+    names, shape = [], []
+    for part in text.split(","):
+        part = part.strip()
+        if part.count("=") != 1:
+            raise SpecError(f"mesh axis {part!r} is not NAME=SIZE (e.g. data=2,model=4)")
+        name, size = (s.strip() for s in part.split("="))
+        if not _NAME.match(name):
+            raise SpecError(f"mesh axis name {name!r} in {part!r} is not an identifier "
+                            f"(letters, digits, _)")
+        if not size.isdigit() or int(size) < 1:
+            raise SpecError(f"mesh axis size {size!r} in {part!r} is not a positive integer")
+        if name in names:
+            raise SpecError(f"mesh axis {name!r} appears twice in {text!r}; each axis once")
+        names.append(name)
+        shape.append(int(size))
+    return tuple(names), tuple(shape)
+
+
+def build_mesh(text: str):
+    """A real jax Mesh (Auto axes) when enough devices exist, else an AbstractMesh."""
+    import jax
+    from jax.sharding import AbstractMesh, AxisType
+
+    names, shape = parse_mesh_spec(text)
+    auto = (AxisType.Auto,) * len(names)
+    if math.prod(shape) <= len(jax.devices()):
+        return jax.make_mesh(shape, names, axis_types=auto)
+    return AbstractMesh(shape, names, axis_types=auto)
+
+
+def parse_args_spec(text: str) -> list:
+    """``"f32[8,16] i32[4] f32[]"`` -> ShapeDtypeStructs."""
+    import jax
+    import jax.numpy as jnp
+
+    out = []
+    for tok in re.findall(r"[A-Za-z0-9]+\[[^\]]*\]|\S+", text or ""):
+        m = _ARG.match(tok)
+        if not m:
+            raise SpecError(f"argument {tok!r} is not DTYPE[d0,d1,...] (e.g. f32[8,16], i32[], "
+                            f"bf16[4,4])")
+        dt, dims = m.groups()
+        if dt not in DTYPES and dt not in DTYPES.values():
+            raise SpecError(f"unknown dtype {dt!r} in {tok!r}; use one of {sorted(DTYPES)}")
+        shape = tuple(int(d) for d in dims.replace(" ", "").split(",") if d)
+        out.append(jax.ShapeDtypeStruct(shape, jnp.dtype(DTYPES.get(dt, dt))))
+    return out
+
+
+def load_function(target: str):
+    if ":" not in target:
+        raise SpecError(f"{target!r} is not MODULE:FUNCTION (e.g. mypkg.model:step)")
+    mod, _, attr = target.partition(":")
+    obj = importlib.import_module(mod)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _arg_names(fn, args) -> list[str]:
+    """A name per flattened input: the parameter name, with the pytree path under it."""
+    import inspect
+
+    import jax
+
+    try:
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        params = []
+    names = []
+    for i, a in enumerate(args):
+        base = params[i] if i < len(params) else f"arg{i}"
+        for path, _ in jax.tree_util.tree_flatten_with_path(a)[0]:
+            names.append(base + "".join(_key(k) for k in path))
+    return names
+
+
+def _key(k) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return f"/{getattr(k, attr)}"
+    return f"/{k}"
+
+
+def preset_problem(name: str, mesh, *, optimizer: str = "adam", batch_per_shard: int = 2,
+                   length: int = 8):
+    """(train step, ShapeDtypeStruct args, arg names) for a preset on ``mesh``.
+
+    Axes: a 1-D mesh is the paper's (data = expert = that axis); otherwise axes named data /
+    model / expert are used as such, else the first axis is data (and expert), the second model.
+    Experts are rounded up to a multiple of the expert axis size."""
+    import jax
+    import jax.numpy as jnp
+
+    from ..models.config import MeshAxes, get_preset
+    from ..train.step import init_train_state, make_optimizer, make_train_step
+
+    names = tuple(mesh.axis_names)
+    sizes = dict(zip(names, (int(mesh.shape[n]) for n in names)))
+    if len(names) == 1:
+        axes = MeshAxes(data=names[0], expert=names[0])
+    else:
+        data = "data" if "data" in names else names[0]
+        model = "model" if "model" in names else next(n for n in names if n != data)
+        expert = "expert" if "expert" in names else data
+        axes = MeshAxes(data=data, model=model, expert=expert)
+    cfg = get_preset(name)
+    e_size = sizes[axes.expert]
+    experts = -(-cfg.moe.num_experts // e_size) * e_size
+    cfg = get_preset(name, num_experts=experts, dropout=0.0, second_expert_policy="all",
+                     data=axes.data, model=axes.model, expert=axes.expert)
+    opt = make_optimizer(optimizer)
+    params, state = jax.eval_shape(lambda k: init_train_state(cfg, opt, k), jax.random.PRNGKey(0))
+    B = batch_per_shard * sizes[axes.data]
+    ids = jax.ShapeDtypeStruct((B, length), jnp.int32)
+    pad = jax.ShapeDtypeStruct((B, length), jnp.float32)
+    batch = {"src": ids, "tgt_in": ids, "tgt_out": ids, "src_pad": pad, "tgt_pad": pad}
+    lib = make_train_step(cfg, opt, deterministic=True)
+
+    def train_step(params, opt_state, batch):
+        return lib(params, opt_state, batch, None)
+    args = (params, state, batch)
+    return train_step, args, _arg_names(train_step, args)
+
+
+def add_parser(sub):
+    p = sub.add_parser("explain", help="specs, collectives and sharding pictures of a function",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", nargs="?", help="MODULE:FUNCTION (omit with --preset)")
+    p.add_argument("--mesh", required=True, help="axis sizes, e.g. data=2,model=4")
+    p.add_argument("--args", default="", help='input shapes, e.g. "f32[8,16] f32[16,32]"')
+    p.add_argument("--preset", help="explain the MoE Transformer train step of this preset "
+                                    "(tiny, small, paper-12L, paper-36L)")
+    p.add_argument("--show", action="append", default=[],
+                   help="draw this value's sharding: an argument name (or unique part of a "
+                        "pytree path), in[i], out[i], #k (equation k's output) or i; repeatable")
+    p.add_argument("--png", help="write the --show pictures to this PNG file")
+    p.add_argument("--no-values", action="store_true", help="omit the per-value listing")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import gshard
+    from gshard import picture
+    from gshard.explain import explain
+
+    try:
+        mesh = build_mesh(args.mesh)
+        if args.preset:
+            if args.target:
+                raise SpecError("give MODULE:FUNCTION or --preset, not both")
+            fn, fargs, names = preset_problem(args.preset, mesh)
+        else:
+            if not args.target:
+                raise SpecError("give MODULE:FUNCTION (or --preset NAME)")
+            fn = load_function(args.target)
+            fargs = parse_args_spec(args.args)
+            names = _arg_names(fn, fargs)
+    except (SpecError, ImportError, AttributeError, ValueError) as e:
+        print(f"gshard explain: error: {e}", file=sys.stderr)
+        return 2
+    low = gshard.partition(fn, mesh).lower(*fargs)
+    kind = "abstract (shapes only)" if low.mesh.is_abstract else "real devices"
+    print(f"# {args.preset or args.target} on mesh {args.mesh} [{kind}]")
+    print(explain(low, values=not args.no_values, arg_names=names))
+    items = []
+    for key in args.show:
+        try:
+            items.append(picture.picture_of(low, key, names))
+        except KeyError as e:
+            print(f"gshard explain: error: {e.args[0]}", file=sys.stderr)
+            return 2
+    ids = picture.device_ids_of(low)
+    for it in items:
+        print()
+        print(picture.text_grid(*it, low.mesh.names, low.mesh.shape, ids))
+    if args.png:
+        if not items:
+            print("gshard explain: error: --png needs at least one --show", file=sys.stderr)
+            return 2
+        picture.save_png(args.png, items, low.mesh.names, low.mesh.shape, ids)
+        print(f"\nwrote {args.png}")
+    return 0
