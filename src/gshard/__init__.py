@@ -12,6 +12,7 @@ _siu.register_exclusion(_os.path.dirname(_os.path.abspath(__file__)))
 
 from .annotate import mesh_split, replicate, shard, split  # noqa: E402
 from .errors import AnnotationError, GShardError, UnsupportedPrimitiveError  # noqa: E402
+from .manual import manual  # noqa: E402
 from .spec import ShardingSpec  # noqa: E402
 
 __version__ = "0.1.0"
@@ -27,5 +28,5 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["replicate", "split", "mesh_split", "shard", "partition", "ShardingSpec",
+__all__ = ["replicate", "split", "mesh_split", "shard", "partition", "manual", "ShardingSpec",
            "GShardError", "AnnotationError", "UnsupportedPrimitiveError"]

@@ -13,7 +13,9 @@ from . import rules  # noqa: F401  (registers every rule)
 from .annotate import annotate_p, resolve
 from .device_assignment import layout, refinement
 from .errors import GShardError
+from .manual import partition_mesh
 from .mesh import MeshInfo
+from .spec import ShardingSpec
 from .spmd.table import RULES as PART_RULES
 from .propagate.engine import Propagation, check_supported, propagate
 from .runtime import Program, build, place
@@ -103,7 +105,8 @@ def _lower(fn, base: MeshInfo, in_tree, avals) -> Lowered:
         leaves, holder["tree"] = jax.tree_util.tree_flatten(out)
         return leaves
 
-    graph, _ = trace(flat_fn, *avals)
+    with partition_mesh(base):
+        graph, _ = trace(flat_fn, *avals)
     t1 = time.perf_counter()
     mesh, fixed = resolve_annotations(graph, base)
     check_supported(graph, PART_RULES)
@@ -126,4 +129,9 @@ def resolve_annotations(graph: Graph, base: MeshInfo):
         ann = e.params["ann"]
         spec = resolve(ann, mesh, e.inputs[0].shape)
         fixed[e.outputs[0]] = (spec, f"annotation {ann.describe()} at {ann.where}")
+    for e in graph.eqns:
+        if e.prim.name == "shard_map":  # a gshard.manual region: its results are fixed
+            for o, p in zip(e.outputs, e.params["out_specs"]):
+                fixed[o] = (ShardingSpec.from_partition_spec(p, len(o.shape)),
+                            f"result of a manual region at {e.where}")
     return mesh, fixed

@@ -1,13 +1,18 @@
 """Version-dependent JAX lookups in one place (jax 0.10 on Python 3.11, jax 0.11 on 3.12)."""
 from __future__ import annotations
 
-from jax.extend.core import primitives as _P
 
 
 def primitive(name: str):
     """The primitive object `name_p`, wherever this JAX version keeps it (None if absent)."""
-    p = getattr(_P, f"{name}_p", None)
-    if p is not None:
-        return p
-    from jax._src.lax import lax as _lax
-    return getattr(_lax, f"{name}_p", None)
+    import importlib
+
+    for mod in ("jax.extend.core.primitives", "jax._src.lax.lax", "jax._src.random.prng", "jax._src.prng",
+                "jax._src.shard_map", "jax.experimental.shard_map"):
+        try:
+            p = getattr(importlib.import_module(mod), f"{name}_p", None)
+        except ImportError:  # pragma: no cover - module moved in this JAX version
+            continue
+        if p is not None:
+            return p
+    return None

@@ -95,3 +95,8 @@ def _inner(closed) -> ClosedJaxpr:
 def place(args, shardings):
     """Put each input where its propagated spec says (numpy or any jax.Array sharding)."""
     return [jax.device_put(a, s) for a, s in zip(args, shardings)]
+
+
+def manual_region(fn: Callable, mesh, in_specs, out_specs) -> Callable:
+    """A per-device region (gshard.manual): fn sees local shards and may call collectives."""
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)

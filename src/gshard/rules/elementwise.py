@@ -19,7 +19,7 @@ integer_pow square abs not and or xor eq ne lt le gt ge select_n clamp convert_e
 erf_inv lgamma digamma igamma igammac nextafter shift_left shift_right_logical
 shift_right_arithmetic population_count clz stop_gradient copy copy_p reduce_precision add_any
 real imag conj complex polygamma random_gamma_grad threefry2x32 add_jaxvals bessel_i0e
-bessel_i1e igamma_grad_a zeta regularized_incomplete_beta""".split()
+bessel_i1e igamma_grad_a zeta regularized_incomplete_beta bitcast_convert_type""".split()
 
 ELEMENTWISE = []
 for _n in dict.fromkeys(_NAMES):

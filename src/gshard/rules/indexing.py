@@ -83,7 +83,15 @@ def prop_scatter(eqn, ins, outs, mesh):
     if ins[2] is not None:
         dims = [ins[2].dims[d] for d in scatter] + [()]
         idx = ShardingSpec(tuple(dims[:idx_rank]))
-    return [None, idx, None], [None]
+    src = ins[1] if ins[1] is not None else idx
+    dn = eqn.params["dimension_numbers"]
+    op = None
+    if src is not None and dn.operand_batching_dims:
+        op = _batched(len(eqn.inputs[0].shape), dn.operand_batching_dims,
+                      dn.scatter_indices_batching_dims, src)
+    if outs[0] is not None and dn.operand_batching_dims and op is None:
+        op = outs[0]
+    return [op, idx, None], [op]
 
 
 register_prop(P.scatter_add_p, prop_scatter, fwd_level=1)

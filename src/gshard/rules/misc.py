@@ -64,7 +64,7 @@ for _p, _f in ((STACK, prop_stack), (UNSTACK, prop_unstack)):
     if _p is not None:
         register_prop(_p, _f, fwd_level=0)
 
-RANDOM = [p for p in (getattr(P, f"{n}_p", None) for n in (
+RANDOM = [p for p in (primitive(n) for n in (
     "random_seed", "random_wrap", "random_unwrap", "random_split", "random_fold_in", "random_bits",
     "rng_bit_generator")) if p is not None]
 
