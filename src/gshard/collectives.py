@@ -67,6 +67,15 @@ def all_reduce(rec: Recorder, x, axes, reason, op="sum"):
     return fn(x, _name(axes))
 
 
+def all_reduce_many(rec: Recorder, xs: list, axes, reason) -> list:
+    """One combined AllReduce (sum) of several arrays over the same axes."""
+    total = sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in xs)
+    rec.records.append(Collective("all_reduce", tuple(axes), int(total), rec.source,
+                                  f"{reason} ({len(xs)} arrays combined)", tuple(xs[0].shape),
+                                  str(xs[0].dtype), "sum"))
+    return list(jax.lax.psum(list(xs), _name(tuple(axes))))
+
+
 def all_gather(rec: Recorder, x, axes, dim, reason, *, full=False):
     y = jax.lax.all_gather(x, _name(axes), axis=dim, tiled=True)
     rec.add("all_gather", axes, x, reason, result=y, full=full)

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import jax.numpy as jnp
 
+from .. import collectives as coll
 from ..propagate.engine import Propagation
 from ..spec import ShardingSpec
 from ..trace.graph import Graph, Lit, Value
@@ -20,13 +21,30 @@ def run_graph(ctx: Ctx, graph: Graph, prop: Propagation, local_args) -> list:
     """Run `graph` on this device's shards; returns the local output values at their specs."""
     ctx.prop = prop
     env = {v: Local(a, prop.spec(v), v.shape) for v, a in zip(graph.invars, local_args)}
-    outs = run_eqns(ctx, graph, env, prop)
-    results = []
+    read = run_eqns(ctx, graph, env, prop)
     ctx.at(None)
-    for x in graph.outvars:
-        loc = outs(x)
-        results.append(ctx.reshard(loc, prop.spec(x).drop_partial(), "program output").val)
-    return results
+    targets = [prop.spec(x).drop_partial() for x in graph.outvars]
+    locs = combine_partials(ctx, [read(x) for x in graph.outvars], targets)
+    return [ctx.reshard(loc, t, "program output").val for loc, t in zip(locs, targets)]
+
+
+def combine_partials(ctx: Ctx, locs: list, targets: list) -> list:
+    """Reduce the outputs left as partial sums over the same axes in one combined AllReduce
+    (gradients of replicated weights, typically), unless a ReduceScatter serves one better."""
+    groups: dict = {}
+    for i, (loc, t) in enumerate(zip(locs, targets)):
+        p = loc.spec.partial
+        if p and not set(p) & set(t.used_axes()) and jnp.issubdtype(loc.dtype, jnp.floating):
+            groups.setdefault(p, []).append(i)
+    out = list(locs)
+    for axes, idx in groups.items():
+        if len(idx) < 2:
+            continue
+        why = f"partial sums from {locs[idx[0]].origin or 'the program'} and others, at the output"
+        vals = coll.all_reduce_many(ctx.rec, [locs[i].val for i in idx], axes, why)
+        for i, v in zip(idx, vals):
+            out[i] = Local(v, locs[i].spec.with_partial(()), locs[i].shape)
+    return out
 
 
 def run_sub(ctx: Ctx, graph: Graph, ins: list) -> list:

@@ -1,0 +1,295 @@
+"""Shared bench helpers: the XLA baseline adapter, HLO collective bytes, interleaved timing.
+
+* `xla_annotations(mesh)`: a context in which every gshard annotation (replicate, split,
+  mesh_split, shard -- wherever it is called: test models, gshard.moe, the Transformer) becomes
+  `jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(...)))` with the PartitionSpec gshard
+  itself resolves for it. Trace the program under `jax.jit` inside the context, on a mesh with Auto
+  axis types (`auto_mesh`): XLA's own sharding propagation then partitions the same annotated
+  program (the DESIGN §9 baseline). Backward passes: the transpose of with_sharding_constraint is
+  the same constraint on the cotangent, as gshard's annotation transpose.
+* `hlo_collectives(text)`: collectives of a compiled (SPMD-partitioned) HLO module, with gshard's
+  bytes convention (per device: operand bytes; result bytes for all-gather).
+* `interleaved(fns, rounds, calls)`: round-robin timing, medians per function and the median of
+  the per-round ratios against the first function.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+
+
+def force_cpu_devices(n: int = 8) -> None:
+    """Ask XLA for n simulated host devices (call before jax initialises its backends)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "--xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = (flags + f" --xla_force_host_platform_device_count={n}").strip()
+
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
+
+import gshard  # noqa: E402
+from gshard import annotate as _annotate  # noqa: E402
+from gshard.mesh import MeshInfo  # noqa: E402
+
+AXES = {1: ("x",), 2: ("data", "model"), 3: ("a", "b", "c")}
+
+
+def auto_mesh(shape, names=None):
+    """A mesh with Auto axis types (what with_sharding_constraint needs)."""
+    names = names or AXES[len(shape)]
+    return jax.make_mesh(tuple(shape), tuple(names), axis_types=(AxisType.Auto,) * len(shape))
+
+
+# ----- the XLA baseline --------------------------------------------------------------------------
+def annotation_pspec(ann, mesh, shape) -> P:
+    """The PartitionSpec gshard resolves an annotation to on `mesh`."""
+    info = MeshInfo.of(mesh)
+    spec = _annotate.resolve(ann, info, shape)
+    return spec.to_partition_spec()
+
+
+@contextlib.contextmanager
+def xla_annotations(mesh):
+    """Within the context, gshard annotations are with_sharding_constraint calls on `mesh`."""
+    if any(t != AxisType.Auto for t in mesh.axis_types):
+        raise ValueError("with_sharding_constraint needs a mesh with Auto axis types (auto_mesh)")
+    saved = _annotate._bind
+
+    def bind(x, ann):
+        pspec = annotation_pspec(ann, mesh, np.shape(x))
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, pspec))
+
+    _annotate._bind = bind
+    try:
+        yield
+    finally:
+        _annotate._bind = saved
+
+
+@dataclass
+class Built:
+    """One compiled program (gshard's or XLA's): call(*placed) and what it cost to build."""
+    name: str
+    call: callable
+    args: tuple                  # flat, placed arguments
+    out_tree: object
+    partition_s: float           # trace + propagate + partition (gshard) / trace + lower (XLA)
+    compile_s: float
+    hlo: str
+    collectives: list = field(default_factory=list)   # gshard's own records (gshard only)
+
+    def cost(self) -> dict:
+        """XLA's cost analysis of the compiled per-device program (flops, bytes accessed) and
+        the number of instructions in its entry computation (a proxy for kernel launches)."""
+        try:
+            ca = self.call.cost_analysis()
+            ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+        except Exception:  # noqa: BLE001 - optional
+            ca = {}
+        entry = self.hlo[self.hlo.find("ENTRY"):]
+        entry = entry[:entry.find("\n}")]
+        ops = sum(1 for ln in entry.splitlines()[1:] if " = " in ln)
+        fusions = sum(1 for ln in entry.splitlines() if " fusion(" in ln)
+        return dict(flops=float(ca.get("flops", 0.0)),
+                    bytes_accessed=float(ca.get("bytes accessed", 0.0)),
+                    entry_ops=ops, fusions=fusions)
+
+    def run(self):
+        return jax.tree_util.tree_unflatten(self.out_tree, self.call(*self.args))
+
+
+def build_gshard(fn, mesh, args) -> Built:
+    """gshard.partition(fn, mesh), lowered and compiled for args (placed as gshard wants)."""
+    t0 = time.perf_counter()
+    low = gshard.partition(fn, mesh).lower(*args)
+    t1 = time.perf_counter()
+    leaves = jax.tree_util.tree_leaves(args)
+    placed = tuple(jax.device_put(a, s) for a, s in zip(leaves, low.program.in_shardings))
+    t2 = time.perf_counter()
+    compiled = low.program.call.lower(*placed).compile()
+    t3 = time.perf_counter()
+    b = Built("gshard", compiled, placed, low.out_tree, t1 - t0, t3 - t2, compiled.as_text(),
+              list(low.collectives))
+    b.lowered = low
+    return b
+
+
+def build_xla(fn, mesh, args, in_shardings=None) -> Built:
+    """jax.jit(fn) with gshard annotations as with_sharding_constraint, XLA propagation.
+
+    in_shardings: the arguments' shardings (default: gshard's propagated input shardings are
+    passed by the caller so both programs start from the same layout; None = replicated)."""
+    leaves, in_tree = jax.tree_util.tree_flatten(args)
+    if in_shardings is None:
+        in_shardings = [NamedSharding(mesh, P())] * len(leaves)
+    in_shardings = [NamedSharding(mesh, s.spec) for s in in_shardings]  # same specs, Auto mesh
+    holder = {}
+
+    def flat_fn(*flat):
+        out = fn(*jax.tree_util.tree_unflatten(in_tree, flat))
+        o, holder["tree"] = jax.tree_util.tree_flatten(out)
+        return o
+
+    placed = tuple(jax.device_put(a, s) for a, s in zip(leaves, in_shardings))
+    jitted = jax.jit(flat_fn, in_shardings=tuple(in_shardings))
+    t0 = time.perf_counter()
+    with xla_annotations(mesh):
+        lowered = jitted.lower(*placed)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    text = lowered.as_text()
+    if "gshard_annotate" in text:
+        raise AssertionError("a gshard annotation survived into the XLA baseline")
+    return Built("xla", compiled, placed, holder["tree"], t1 - t0, t2 - t1, compiled.as_text())
+
+
+# ----- HLO collectives ---------------------------------------------------------------------------
+HLO_KINDS = {"all-reduce": "all_reduce", "all-gather": "all_gather",
+             "reduce-scatter": "reduce_scatter", "all-to-all": "all_to_all",
+             "collective-permute": "collective_permute"}
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
+                "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
+                "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1}
+_SHAPE = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
+_OP = re.compile(r"=\s*(.*?)\s+(all-reduce|all-gather|reduce-scatter|all-to-all|"
+                 r"collective-permute)(-start)?\((.*)$")
+
+
+def _shape_bytes(text: str) -> int:
+    total = 0
+    for dt, dims in _SHAPE.findall(text):
+        if dt not in _DTYPE_BYTES:
+            continue
+        n = 1
+        for d in filter(None, dims.split(",")):
+            n *= int(d)
+        total += n * _DTYPE_BYTES[dt]
+    return total
+
+
+@dataclass(frozen=True)
+class HloCollective:
+    kind: str
+    bytes: int
+    line: str
+
+
+_DEF = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\(.*?\)|[a-z][a-z0-9]*\[[0-9,]*\](?:\{[^}]*\})?)\s")
+_NAME = re.compile(r"%([\w.\-]+)")
+
+
+def hlo_collectives(text: str) -> list[HloCollective]:
+    """Collectives in compiled HLO text (per-device shapes), gshard's bytes convention.
+
+    Compiled HLO prints operands by name only, so operand shapes come from their definitions."""
+    shapes = {}
+    for line in text.splitlines():
+        d = _DEF.match(line)
+        if d:
+            shapes[d.group(1)] = d.group(2)
+    out = []
+    for line in text.splitlines():
+        m = _OP.search(line)
+        if not m:
+            continue
+        result, op, start, rest = m.groups()
+        kind = HLO_KINDS[op]
+        depth, end = 1, len(rest)          # operands: up to the call's closing paren
+        for i, ch in enumerate(rest):
+            depth += ch == "("
+            depth -= ch == ")"
+            if depth == 0:
+                end = i
+                break
+        operands = rest[:end]
+        if _SHAPE.search(operands) is None:   # by name only: look the shapes up
+            operands = " ".join(shapes.get(n, "") for n in _NAME.findall(operands))
+        if kind == "all_gather":
+            nbytes = _shape_bytes(result) - (_shape_bytes(operands) if start else 0)
+        else:
+            nbytes = _shape_bytes(operands)
+        out.append(HloCollective(kind, nbytes, line.strip()))
+    return out
+
+
+def summarize(records) -> tuple[int, dict]:
+    """(total bytes, {kind: count}) for gshard records or HloCollectives."""
+    counts: dict = {}
+    for r in records:
+        counts[r.kind] = counts.get(r.kind, 0) + 1
+    return sum(r.bytes for r in records), counts
+
+
+def fmt_counts(counts: dict) -> str:
+    short = {"all_reduce": "AR", "all_gather": "AG", "reduce_scatter": "RS",
+             "all_to_all": "A2A", "collective_permute": "CP"}
+    return " ".join(f"{short[k]}{v}" for k, v in sorted(counts.items())) or "-"
+
+
+# ----- comparison and timing -------------------------------------------------------------------
+def max_rel_diff(a, b) -> float:
+    """max |a-b| / (max |b| + tiny) over all leaves (0.0 = bit-identical)."""
+    worst = 0.0
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        if x.shape != y.shape:
+            return float("inf")
+        if x.size == 0:
+            continue
+        scale = float(np.max(np.abs(y))) + 1e-30
+        worst = max(worst, float(np.max(np.abs(x - y))) / scale)
+    return worst
+
+
+def interleaved(fns, rounds: int = 7, calls: int = 5, warmup: int = 2):
+    """Time each fn (no args, returns something to block on) round-robin: per round, `calls`
+    back-to-back (blocking) calls of each, the order rotating each round. Returns (medians of per-call
+    times, median per-round ratio fn_i/fn_0, relative spread (max-min)/median of fn_0's rounds)."""
+    for f in fns:
+        for _ in range(warmup):
+            jax.block_until_ready(f())
+    per = [[] for _ in fns]
+    for r in range(rounds):
+        order = list(range(len(fns)))
+        order = order[r % len(order):] + order[:r % len(order)]
+        for i in order:
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                # block on every call: many in-flight executions of a collective program on the
+                # simulated CPU devices can starve XLA's thread pool (rendezvous deadlock)
+                jax.block_until_ready(fns[i]())
+            per[i].append((time.perf_counter() - t0) / calls)
+    meds = [statistics.median(p) for p in per]
+    ratios = [statistics.median(a / b for a, b in zip(p, per[0])) for p in per]
+    spreads = [(max(p) - min(p)) / statistics.median(p) for p in per]
+    return meds, ratios, spreads
+
+
+def table(rows, headers) -> str:
+    cols = [[str(h)] + [str(r[i]) for r in rows] for i, h in enumerate(headers)]
+    widths = [max(len(c) for c in col) for col in cols]
+    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa
+    out = [line([str(h) for h in headers]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line([str(v) for v in r]) for r in rows]
+    return "\n".join(out)
+
+
+def kb(n: int) -> str:
+    return f"{n / 1024:,.1f}"
+
+
+def to_np(tree):
+    return jax.tree_util.tree_map(np.asarray, tree)
+
+
+__all__ = ["force_cpu_devices", "auto_mesh", "xla_annotations", "build_gshard", "build_xla",
+           "hlo_collectives", "summarize", "fmt_counts", "max_rel_diff", "interleaved", "table",
+           "kb", "to_np", "jax", "jnp", "np", "P", "NamedSharding", "gshard"]
