@@ -193,13 +193,14 @@ def test_while_loop_and_cond_over_split_state(mesh):
     assert_close(pf(x), jax.jit(f)(x), 1e-5, 1e-5)
 
 
-def test_random_numbers_equal_unpartitioned(mesh):
+@pytest.mark.parametrize("make_key", [jax.random.PRNGKey, jax.random.key], ids=["raw", "typed"])
+def test_random_numbers_equal_unpartitioned(mesh, make_key):
     def f(key, x):
         x = gshard.mesh_split(x, ("x", None))
         keep = jax.random.bernoulli(key, 0.7, x.shape)
         return jnp.where(keep, x / 0.7, 0.0) + jax.random.normal(jax.random.fold_in(key, 1), x.shape)
 
-    key, x = jax.random.PRNGKey(3), np.ones((16, 8), np.float32)
+    key, x = make_key(3), np.ones((16, 8), np.float32)
     pf = gshard.partition(f, mesh)
     assert_close(pf(key, x), jax.jit(f)(key, x), 1e-6, 1e-6)
 

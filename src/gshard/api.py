@@ -55,6 +55,8 @@ def _aval(x) -> jax.ShapeDtypeStruct:
     if isinstance(x, jax.ShapeDtypeStruct):
         return x
     if hasattr(x, "shape") and hasattr(x, "dtype"):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.extended):  # typed PRNG keys
+            return jax.ShapeDtypeStruct(tuple(x.shape), x.dtype)
         return jax.ShapeDtypeStruct(tuple(x.shape), jnp.dtype(x.dtype) if not _is64(x.dtype)
                                     else jnp.asarray(np.zeros((), x.dtype)).dtype)
     return jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype)
