@@ -54,3 +54,20 @@ def test_two_alltoalls_per_moe_layer_forward(shape):
     a2a = [c for c in low.collectives if c.kind == "all_to_all"]
     assert len(a2a) == 2 * n_moe, low.explain()
     assert not [c for c in low.collectives if c.kind == "all_gather" and c.full_replication]
+
+
+def test_dropout_and_random_second_expert_partitioned_equal():
+    """Random numbers are drawn whole and sliced: dropout and the 'random' second-expert policy
+    give the same step partitioned as unpartitioned."""
+    mesh = jax.make_mesh((8,), ("x",))
+    cfg = get_preset("tiny")
+    cfg = dataclasses.replace(cfg, dropout=0.1, mesh=MESHES[(8,)], moe=dataclasses.replace(
+        cfg.moe, num_experts=8, second_expert_policy="random"))
+    opt = make_optimizer("adam", learning_rate=1e-3)
+    params, state = init_train_state(cfg, opt, jax.random.PRNGKey(0))
+    batch, key = _batch(8, 8, cfg.vocab_size), jax.random.PRNGKey(1)
+    step = make_train_step(cfg, opt, deterministic=False)
+    out = gshard.partition(step, mesh)(params, state, batch, key)
+    ref = jax.jit(step)(params, state, batch, key)
+    assert_close(out[2]["loss"], ref[2]["loss"], 1e-5, 1e-5)
+    assert_close(out[0], ref[0], 1e-4, 1e-4, "updated params")

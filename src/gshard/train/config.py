@@ -66,11 +66,12 @@ class TrainSection:
     keep_checkpoints: int = 2
     dev_every: int = 0                     # held-out loss every N steps (0 = at the end only)
     dev_batches: int = 4
+    time_limit_s: float = 0.0              # stop (and checkpoint) after this long; 0 = no limit
 
 
 @dataclass(frozen=True)
 class DataSection:
-    dir: str = "data"                      # prepared corpus (gshard data prepare)
+    dir: str = "data_cache"                    # prepared corpus (gshard data prepare)
     prepare: str = "quick"                 # what `gshard run` prepares: quick | full | none
     max_pairs_per_lang: int = 2000
 

@@ -12,6 +12,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -25,7 +26,7 @@ from .metrics import MetricsLog, Progress
 CONFIG = "config.json"
 # Knobs that may change between runs on one workdir without invalidating its checkpoints.
 RESUMABLE = {"train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-             "train.dev_every", "train.dev_batches"}
+             "train.dev_every", "train.dev_batches", "train.time_limit_s"}
 
 
 class WorkdirMismatch(ValueError):
@@ -123,7 +124,6 @@ class Trainer:
         import gshard
         from gshard.data import BatchIterator, Corpus
         from .step import make_train_step
-        from . import prng_compat  # noqa: F401  (dropout under gshard.partition)
 
         self.main = jax.process_index() == 0
         self.cfg = prepare_workdir(self.cfg, self.workdir, write=self.main)
@@ -134,20 +134,18 @@ class Trainer:
         self.optimizer = make_optimizer(self.cfg)
         self.batches = BatchIterator(self.corpus, t.batch_size, t.src_len, t.tgt_len,
                                      temperature=t.temperature, seed=t.seed)
-        step = make_train_step(self.mc, self.optimizer, label_smoothing=t.label_smoothing,
-                               aux_loss_weight=t.aux_loss_weight,
-                               deterministic=self.cfg.model.dropout == 0.0)
-        self.step_fn = gshard.partition(step, self.mesh)
-        self.dev_fn = gshard.partition(self._dev_loss, self.mesh)
-
-    def _dev_loss(self, params, batch):
-        from .step import loss_fn
-        _, m = loss_fn(params, self.mc, batch, None, deterministic=True)
-        return m["cross_entropy"], m["num_tokens"]
+        key = (self.mc, self.plan, _compile_key(self.cfg))
+        if key not in _COMPILED:             # one partition + compile per process and config
+            step = make_train_step(self.mc, self.optimizer, label_smoothing=t.label_smoothing,
+                                   aux_loss_weight=t.aux_loss_weight,
+                                   deterministic=self.cfg.model.dropout == 0.0)
+            _COMPILED[key] = (gshard.partition(step, self.mesh),
+                              gshard.partition(partial(_dev_loss, self.mc), self.mesh))
+        self.step_fn, self.dev_fn = _COMPILED[key]
 
     def restore(self):
         template = init_state(self.mc, self.optimizer, self.cfg.train.seed)
-        got = ckpt.restore_latest(self.workdir, template, log=self.log)
+        got = ckpt.restore_latest(self.workdir, template)      # warnings: stderr
         if got is None:
             return 0, template
         self.log(f"resuming from {got.path} (step {got.step})")
@@ -173,20 +171,36 @@ class Trainer:
             return {"step": start, "resumed_from": start, "trained": 0}
         metrics_log = MetricsLog(self.workdir, start, enabled=self.main)
         bar = Progress(start, t.steps, enabled=self.progress and self.main)
-        t0, last = time.perf_counter(), {}
-        for s in range(start + 1, t.steps + 1):
+        t0, last, s = time.perf_counter(), {}, start
+        while s < t.steps:
+            s += 1
             params, opt_state, last = self._one_step(s, params, opt_state, metrics_log, bar)
-            if s % t.checkpoint_every == 0 or s == t.steps:
+            out_of_time = self._out_of_time(t0, s)
+            if s % t.checkpoint_every == 0 or s == t.steps or out_of_time:
                 ckpt.save(self.workdir, s, (params, opt_state), keep=t.keep_checkpoints,
                           extra={"loss": float(last["loss"])})
             if t.dev_every and s % t.dev_every == 0 and s != t.steps:
                 metrics_log.write({"step": s, "dev_loss": self.dev_loss(params)})
+            if out_of_time:
+                self.log(f"\ntrain.time_limit_s={t.time_limit_s:g} reached: stopped at step {s}")
+                break
         bar.close()
         dev = self.dev_loss(params)
-        metrics_log.write({"step": t.steps, "dev_loss": dev, "final": True})
+        metrics_log.write({"step": s, "dev_loss": dev, "final": True})
         wall = time.perf_counter() - t0
-        return {"step": t.steps, "resumed_from": start, "trained": t.steps - start,
+        return {"step": s, "resumed_from": start, "trained": s - start,
                 "loss": float(last["loss"]), "dev_loss": dev, "seconds": wall}
+
+    def _out_of_time(self, t0: float, s: int) -> bool:
+        """Every process must agree, so process 0 decides and the others follow."""
+        limit = self.cfg.train.time_limit_s
+        if not limit or s >= self.cfg.train.steps:
+            return False
+        stop = time.perf_counter() - t0 > limit
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            stop = bool(multihost_utils.broadcast_one_to_all(np.int32(stop)))
+        return stop
 
     def _one_step(self, s, params, opt_state, metrics_log, bar):
         _test_hook(s)
@@ -206,6 +220,20 @@ class Trainer:
                 "step_seconds": round(dt, 4)})
         bar.update(s, loss, tps)
         return params, opt_state, {"loss": loss}
+
+
+_COMPILED: dict = {}
+
+
+def _compile_key(cfg: RunConfig):
+    return tuple(sorted((k, v) for k, v in _flat(cfg).items()
+                        if k.startswith("train.") and k not in RESUMABLE))
+
+
+def _dev_loss(mc, params, batch):
+    from .step import loss_fn
+    _, m = loss_fn(params, mc, batch, None, deterministic=True)
+    return m["cross_entropy"], m["num_tokens"]
 
 
 def _test_hook(step: int):
