@@ -56,6 +56,9 @@ def run(args) -> int:
         cfg = config_from_args(args)
         proc = process_spec(args.coordinator, args.num_processes, args.process_id,
                             args.heartbeat_timeout)
+        if not proc.multi:
+            from gshard.cli.run_cmd import ensure_data  # a fresh clone: prepare the corpus first
+            ensure_data(cfg, log=lambda m: print(m.replace("[1/4] ", ""), file=sys.stderr))
         out = train(cfg, args.workdir, mesh=args.mesh, proc=proc, progress=not args.no_progress)
     except (ConfigError, MeshError, WorkdirMismatch, FileNotFoundError, ValueError) as e:
         print(f"gshard train: error: {e}", file=sys.stderr)
