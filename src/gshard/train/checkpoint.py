@@ -12,7 +12,6 @@ which is what makes a resumed run identical to an uninterrupted one.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -59,11 +58,8 @@ def list_steps(workdir) -> list[int]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from ..data.manifest import sha256_file
+    return sha256_file(path)
 
 
 def _fsync(path: Path):
