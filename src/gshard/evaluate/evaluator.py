@@ -122,7 +122,7 @@ def evaluate(workdir, overrides=(), log=print) -> dict:
     hyps = _both(model, sets, e.beam_size)
     refs = {lang: [p[1] for p in ps] for lang, ps in sets.items()}
     langs = {lang: {"tier": c.tier(lang), "train_pairs": c.train_counts[lang],
-                    "test_pairs": c.counts(lang)["test"],
+                    "clean_pairs": c.counts(lang)["clean"], "test_pairs": c.counts(lang)["test"],
                     **_entry(_scores(hyps, refs, [lang]), head)} for lang in scored}
     tiers = {}
     for t in TIERS:
