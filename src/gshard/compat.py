@@ -16,3 +16,13 @@ def primitive(name: str):
         if p is not None:
             return p
     return None
+
+
+def scan_counts(params) -> tuple[int, int]:
+    """(number of constants, number of carries) of a scan equation: jax 0.10 keeps them as
+    num_consts / num_carry, jax 0.11 as the first two groups of the flat tree ft_in."""
+    if "num_consts" in params:
+        return params["num_consts"], params["num_carry"]
+    ft = params["ft_in"]  # a flat tree of (consts, carry, xs) leaves
+    groups = ft.update(list(range(len(list(ft.vals))))).unpack()
+    return len(list(groups[0].vals)), len(list(groups[1].vals))

@@ -55,7 +55,8 @@ def _extra(eqn) -> float:
     p, name = eqn.params, eqn.primitive.name
     outs = float(sum(var_bytes(v) for v in _vars(eqn.outvars)))
     if name == "scan":
-        ys = sum(var_bytes(v) for v in _vars(eqn.outvars[p["num_carry"]:]))
+        from ..compat import scan_counts
+        ys = sum(var_bytes(v) for v in _vars(eqn.outvars[scan_counts(p)[1]:]))
         return max(outs, _transient(p["jaxpr"]) + ys)
     if name == "while":
         return max(outs, _transient(p["cond_jaxpr"]), _transient(p["body_jaxpr"]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from jax import lax
 from jax.extend.core import primitives as P
 
+from ..compat import scan_counts
 from ..propagate.engine import register as register_prop
 from ..spec import ShardingSpec
 from ..spmd.interpret import run_sub
@@ -35,8 +36,8 @@ def _nothing(eqn, ins, outs, mesh):  # pragma: no cover - ties replace the fn fo
 
 # ----- scan -------------------------------------------------------------------------------------
 def scan_ties(eqn):
-    body, p = eqn.subs[0], eqn.params
-    nc, ncar = p["num_consts"], p["num_carry"]
+    body = eqn.subs[0]
+    nc, ncar = scan_counts(eqn.params)
     bi, bo = body.invars, body.outvars
     ties = [(eqn.inputs[i], bi[i], _same, _same) for i in range(nc)]
     for j in range(ncar):
@@ -63,7 +64,7 @@ def _reshard_all(ctx, xs, specs, why):
 @register_part(P.scan_p)
 def part_scan(ctx, eqn, ins, targets):
     body, p = eqn.subs[0], eqn.params
-    nc, ncar = p["num_consts"], p["num_carry"]
+    nc, ncar = scan_counts(p)
     specs = [_spec(ctx, v) for v in body.invars]
     consts = _reshard_all(ctx, ins[:nc], specs[:nc], "scan constant")
     init = _reshard_all(ctx, ins[nc:nc + ncar], specs[nc:nc + ncar], "scan carry on entry")

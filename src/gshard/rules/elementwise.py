@@ -6,7 +6,7 @@ by a non-partial), so reductions are deferred to the consumer that needs them.
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jax.extend.core import primitives as P
+from ..compat import primitive
 
 from ..spmd.local import Local
 from ..spmd.table import register as register_part
@@ -19,11 +19,12 @@ integer_pow square abs not and or xor eq ne lt le gt ge select_n clamp convert_e
 erf_inv lgamma digamma igamma igammac nextafter shift_left shift_right_logical
 shift_right_arithmetic population_count clz stop_gradient copy copy_p reduce_precision add_any
 real imag conj complex polygamma random_gamma_grad threefry2x32 add_jaxvals bessel_i0e
-bessel_i1e igamma_grad_a zeta regularized_incomplete_beta bitcast_convert_type""".split()
+bessel_i1e igamma_grad_a zeta regularized_incomplete_beta bitcast_convert_type
+log2 one_minus_square""".split()
 
 ELEMENTWISE = []
 for _n in dict.fromkeys(_NAMES):
-    _p = getattr(P, f"{_n}_p", None)
+    _p = primitive(_n)  # wherever this JAX version keeps it (log2, one_minus_square: jax 0.11)
     if _p is not None:
         ELEMENTWISE.append(_p)
 
