@@ -249,10 +249,12 @@ def max_rel_diff(a, b) -> float:
     return worst
 
 
-def interleaved(fns, rounds: int = 7, calls: int = 5, warmup: int = 2):
+def interleaved(fns, rounds: int = 7, calls: int = 5, warmup: int = 2, block_each: bool = True):
     """Time each fn (no args, returns something to block on) round-robin: per round, `calls`
-    back-to-back (blocking) calls of each, the order rotating each round. Returns (medians of per-call
-    times, median per-round ratio fn_i/fn_0, relative spread (max-min)/median of fn_0's rounds)."""
+    back-to-back calls of each, the order rotating each round. Returns (medians of per-call
+    times, median per-round ratio fn_i/fn_0, relative spreads (max-min)/median of each fn's rounds).
+    block_each=False blocks once per round (a GPU keeps its queue full; on the simulated CPU
+    devices many in-flight collective programs can deadlock XLA's thread pool)."""
     for f in fns:
         for _ in range(warmup):
             jax.block_until_ready(f())
@@ -263,9 +265,10 @@ def interleaved(fns, rounds: int = 7, calls: int = 5, warmup: int = 2):
         for i in order:
             t0 = time.perf_counter()
             for _ in range(calls):
-                # block on every call: many in-flight executions of a collective program on the
-                # simulated CPU devices can starve XLA's thread pool (rendezvous deadlock)
-                jax.block_until_ready(fns[i]())
+                out = fns[i]()
+                if block_each:
+                    jax.block_until_ready(out)
+            jax.block_until_ready(out)
             per[i].append((time.perf_counter() - t0) / calls)
     meds = [statistics.median(p) for p in per]
     ratios = [statistics.median(a / b for a, b in zip(p, per[0])) for p in per]

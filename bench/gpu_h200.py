@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -41,29 +40,16 @@ from gshard.moe.layer import moe_layer  # noqa: E402
 from gshard.testing import dot_flops  # noqa: E402
 from gshard.train.step import init_train_state, make_optimizer, make_train_step  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import interleaved as _interleaved  # noqa: E402
+
 PEAK_BF16 = 989e12  # H200 SXM, dense bf16 tensor-core peak
 
 
 def interleaved(fns, rounds, calls, warmup=2):
-    """Round-robin timing (rotating order, blocking calls): per-fn median seconds per call, and
-    the median per-round ratio fn_i / fn_0, and the relative spread of fn_0's rounds."""
-    for f in fns:
-        for _ in range(warmup):
-            jax.block_until_ready(f())
-    per = [[] for _ in fns]
-    for r in range(rounds):
-        order = list(range(len(fns)))
-        order = order[r % len(order):] + order[:r % len(order)]
-        for i in order:
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                out = fns[i]()
-            jax.block_until_ready(out)
-            per[i].append((time.perf_counter() - t0) / calls)
-    meds = [statistics.median(p) for p in per]
-    ratios = [statistics.median(a / b for a, b in zip(p, per[0])) for p in per]
-    spread = (max(per[0]) - min(per[0])) / meds[0]
-    return meds, ratios, spread
+    """bench/common.interleaved without a block per call; the spread is fn_0's."""
+    meds, ratios, spreads = _interleaved(fns, rounds, calls, warmup, block_each=False)
+    return meds, ratios, spreads[0]
 
 
 def log(*a):

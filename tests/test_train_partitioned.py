@@ -23,19 +23,24 @@ def _batch(B, L, V, seed=0):
     return {"src": ids(), "tgt_in": ids(), "tgt_out": ids(), "src_pad": pad, "tgt_pad": pad}
 
 
+def _assert_step_equal(cfg, mesh, deterministic):
+    """One Adam step of `cfg` partitioned on `mesh` equals the unpartitioned step."""
+    opt = make_optimizer("adam", learning_rate=1e-3)
+    params, state = init_train_state(cfg, opt, jax.random.PRNGKey(0))
+    batch, key = _batch(8, 8, cfg.vocab_size), jax.random.PRNGKey(1)
+    step = make_train_step(cfg, opt, deterministic=deterministic)
+    out = gshard.partition(step, mesh)(params, state, batch, key)
+    ref = jax.jit(step)(params, state, batch, key)
+    assert_close(out[2]["loss"], ref[2]["loss"], 1e-5, 1e-5)
+    assert_close(out[0], ref[0], 1e-4, 1e-4, "updated params")
+
+
 @pytest.mark.parametrize("shape", list(MESHES), ids=lambda s: "x".join(map(str, s)))
 def test_tiny_train_step_partitioned_equals_unpartitioned(shape):
     mesh = jax.make_mesh(shape, ("x",) if len(shape) == 1 else ("data", "model"))
     cfg = get_preset("tiny")
     cfg = dataclasses.replace(cfg, mesh=MESHES[shape], moe=dataclasses.replace(cfg.moe, num_experts=8))
-    opt = make_optimizer("adam", learning_rate=1e-3)
-    params, state = init_train_state(cfg, opt, jax.random.PRNGKey(0))
-    batch, key = _batch(8, 8, cfg.vocab_size), jax.random.PRNGKey(1)
-    step = make_train_step(cfg, opt, deterministic=True)
-    out = gshard.partition(step, mesh)(params, state, batch, key)
-    ref = jax.jit(step)(params, state, batch, key)
-    assert_close(out[2]["loss"], ref[2]["loss"], 1e-5, 1e-5)
-    assert_close(out[0], ref[0], 1e-4, 1e-4, "updated params")
+    _assert_step_equal(cfg, mesh, deterministic=True)
 
 
 @pytest.mark.parametrize("shape", list(MESHES), ids=lambda s: "x".join(map(str, s)))
@@ -63,11 +68,4 @@ def test_dropout_and_random_second_expert_partitioned_equal():
     cfg = get_preset("tiny")
     cfg = dataclasses.replace(cfg, dropout=0.1, mesh=MESHES[(8,)], moe=dataclasses.replace(
         cfg.moe, num_experts=8, second_expert_policy="random"))
-    opt = make_optimizer("adam", learning_rate=1e-3)
-    params, state = init_train_state(cfg, opt, jax.random.PRNGKey(0))
-    batch, key = _batch(8, 8, cfg.vocab_size), jax.random.PRNGKey(1)
-    step = make_train_step(cfg, opt, deterministic=False)
-    out = gshard.partition(step, mesh)(params, state, batch, key)
-    ref = jax.jit(step)(params, state, batch, key)
-    assert_close(out[2]["loss"], ref[2]["loss"], 1e-5, 1e-5)
-    assert_close(out[0], ref[0], 1e-4, 1e-4, "updated params")
+    _assert_step_equal(cfg, mesh, deterministic=False)
