@@ -106,11 +106,14 @@ def test_annotations_are_identity_and_present():
         fn = functools.partial(moe_layer, dispatch=dispatch, capacity=3, mesh_axes="x")
         jaxpr = jax.make_jaxpr(fn)(x, wg, wi, wo)
         anns = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "gshard_annotate"]
-        # inputs, wg, wi, wo, dispatched [E,G,C,M], expert outputs [G,E,C,M], outputs
-        assert len(anns) == 7
+        # inputs, wg, wi, wo, dispatched [E,G,C,M], expert outputs, outputs; the gather path
+        # also pins its expert-major gather G-split (local) before the E split (AllToAll)
+        assert len(anns) == (7 if dispatch == "einsum" else 8)
         specs = [e.params["ann"].mapping for e in anns]
         assert (("x",), (), (), ()) in specs                # E split: dispatched inputs
         assert specs.count((("x",), (), ())) == 4   # inputs, outputs (G); wi, wo (E)
+        if dispatch == "gather":                    # expert-major [E, G, C, M] split on G
+            assert specs.count(((), ("x",), (), ())) == 2
     none = jax.make_jaxpr(functools.partial(moe_layer, capacity=3))(x, wg, wi, wo)
     assert not [e for e in none.jaxpr.eqns if e.primitive.name == "gshard_annotate"]
 
@@ -166,3 +169,64 @@ def test_partitioned_einsum_layer_two_all_to_alls():
     np.testing.assert_allclose(pf(x, wg, wi, wo), jax.jit(f)(x, wg, wi, wo), atol=1e-5)
     kinds = [c.kind for c in pf.lower(x, wg, wi, wo).collectives]
     assert kinds.count("all_to_all") == 2 and "all_gather" not in kinds
+
+
+@needs8
+@pytest.mark.parametrize("shape,names,axes", [
+    ((8,), ("x",), "x"),
+    ((2, 4), ("data", "model"), ("data", "model")),
+    ((2, 2, 2), ("a", "b", "c"), ("a", "b", "c")),
+])
+def test_partitioned_gather_layer_train_step_only_all_to_alls(shape, names, axes):
+    """The gather path's training step (values and every gradient) on 1-D and 2-D meshes: two
+    AllToAlls each way, no AllGather/ReduceScatter of activations or of routing tables; the only
+    AllReduces are the router-weight gradient and the loss."""
+    import gshard
+    mesh = jax.make_mesh(shape, names)
+    Gs, Ss, Es = 8, 16, 8
+    ks = jax.random.split(jax.random.key(7), 4)
+    x = jax.random.normal(ks[0], (Gs, Ss, M))
+    wg = jax.random.normal(ks[1], (M, Es)) * 1.5
+    wi, wo = jax.random.normal(ks[2], (Es, M, H)), jax.random.normal(ks[3], (Es, H, M))
+
+    def step(x, wg, wi, wo):
+        def loss(*a):
+            out, aux = moe_layer(*a, dispatch="gather", capacity=3, mesh_axes=axes)
+            return jnp.mean(out ** 2) + 0.01 * aux["aux_loss"]
+        return jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(x, wg, wi, wo)
+
+    pf = gshard.partition(step, mesh)
+    got, want = pf(x, wg, wi, wo), jax.jit(step)(x, wg, wi, wo)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert np.abs(np.asarray(b)).max() > 0
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+    recs = pf.lower(x, wg, wi, wo).collectives
+    kinds = [c.kind for c in recs]
+    assert kinds.count("all_to_all") == 4, kinds
+    assert set(kinds) <= {"all_to_all", "all_reduce"}, kinds
+    assert kinds.count("all_reduce") <= 3, kinds     # wg gradient, loss, aux loss
+
+
+@needs8
+def test_partitioned_gather_layer_2d_subtract_matches():
+    """Groups on "data", experts on ("data", "model"): values and gradients match; the routing
+    tables' scatters stay local on "data" (what is left: gathers on "model", in the note)."""
+    import gshard
+    mesh = jax.make_mesh((4, 2), ("data", "model"))
+    ks = jax.random.split(jax.random.key(8), 4)
+    x = jax.random.normal(ks[0], (8, 16, M))
+    wg = jax.random.normal(ks[1], (M, 8)) * 1.5
+    wi, wo = jax.random.normal(ks[2], (8, M, H)), jax.random.normal(ks[3], (8, H, M))
+    axes = MoEAxes(group="data", expert=("data", "model"))
+
+    def step(x, wg, wi, wo):
+        def loss(*a):
+            return jnp.mean(moe_layer(*a, dispatch="gather", capacity=3, mesh_axes=axes)[0] ** 2)
+        return jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(x, wg, wi, wo)
+
+    pf = gshard.partition(step, mesh)
+    for a, b in zip(jax.tree.leaves(pf(x, wg, wi, wo)), jax.tree.leaves(jax.jit(step)(x, wg, wi, wo))):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+    recs = pf.lower(x, wg, wi, wo).collectives
+    assert not [r for r in recs if r.kind == "all_gather" and "data" in r.axes and
+                r.dtype.startswith("int")], "routing tables must not be gathered over the groups"

@@ -194,19 +194,23 @@ def _combine(gates, kept_masks, slots, capacity):
 
 def _routes_to_slots(gates, kept_masks, slots, capacity):
     """Sparse slot form from the routes: slot_token [G, E, C] (S = empty), slot_gate [G, E, C].
-    A scatter of G·S·k integers; dropped routes land out of bounds and are dropped."""
+    A scatter of G·S·k integers per table, vmapped over G so that G is a batching dim of the
+    scatter (it stays local when G is split); dropped routes land out of bounds and are dropped."""
     G, S, E = kept_masks[0].shape
+    s_idx = jnp.arange(S, dtype=jnp.int32)                                 # [S]
+
+    def one_group(token, gate, g, kept, slot):                            # [E,C] [E,C] [S] [S,E] [S]
+        on = (jnp.sum(kept, -1) > 0) & (g > 0)                            # [S]
+        e_idx = jnp.argmax(kept, axis=-1)                                 # [S]
+        c_idx = jnp.where(on, slot, capacity)                             # [S] C = dropped
+        # slots are unique, so scatter-add of (s - S) onto S writes s (scatter-add partitions)
+        token = token.at[e_idx, c_idx].add(s_idx - S, mode="drop")        # [E, C]
+        return token, gate.at[e_idx, c_idx].add(g, mode="drop")           # [E, C]
+
     token = jnp.full((G, E, capacity), S, jnp.int32)                      # [G, E, C]
     gate = jnp.zeros((G, E, capacity), jnp.float32)                       # [G, E, C]
-    g_idx = jnp.broadcast_to(jnp.arange(G)[:, None], (G, S))              # [G, S]
-    s_idx = jnp.broadcast_to(jnp.arange(S)[None, :], (G, S))              # [G, S]
     for g, kept, slot in zip(gates, kept_masks, slots):
-        on = (jnp.sum(kept, -1) > 0) & (g > 0)                            # [G, S]
-        e_idx = jnp.argmax(kept, axis=-1)                                 # [G, S]
-        c_idx = jnp.where(on, slot, capacity)                             # [G, S] C = dropped
-        # slots are unique, so scatter-add of (s - S) onto S writes s (scatter-add partitions)
-        token = token.at[g_idx, e_idx, c_idx].add(s_idx - S, mode="drop")
-        gate = gate.at[g_idx, e_idx, c_idx].add(g, mode="drop")
+        token, gate = jax.vmap(one_group)(token, gate, g, kept, slot)
     return token, gate
 
 

@@ -98,6 +98,24 @@ class _Annotator:
         rest = tuple(a for a in self.g if a not in self.e)  # G keeps axes E does not use
         return self._mesh(x, [self.e, rest, (), ()])
 
+    def group_split_major(self, x):
+        """Expert-major outputs [E, G, C, M] split on G (E keeps the axes G does not use)."""
+        if self.d is not None:
+            return _ann.split(x, 1, self.d)
+        if self.axes is None:
+            return x
+        rest = tuple(a for a in self.e if a not in self.g)
+        return self._mesh(x, [rest, self.g, (), ()])
+
+    def gathered(self, x):
+        """Dispatched inputs [E, G, C, M] as gathered in each group: split on G only, so that
+        the E split that follows is one AllToAll over the axes G gives up."""
+        if self.d is not None:
+            return _ann.split(x, 1, self.d)
+        if self.axes is None:
+            return x
+        return self._mesh(x, [(), self.g, (), ()])
+
     def router(self, wg):
         """wg [M, E]: replicated."""
         return _ann.replicate(wg) if self.on else wg
@@ -121,9 +139,20 @@ def router_logits(inputs, wg):
 
 
 def expert_ffn(x, wi, wo, activation=jax.nn.relu):
-    """x [E, G, C, M] -> y [G, E, C, M]: each expert's FFN on its slots."""
+    """x [E, G, C, M] -> y [G, E, C, M]: each expert's FFN on its slots (Algorithm 2)."""
     h = activation(jnp.einsum("EGCM,EMH->EGCH", x, wi.astype(x.dtype)))   # [E, G, C, H]
     return jnp.einsum("EGCH,EHM->GECM", h, wo.astype(x.dtype))            # [G, E, C, M]
+
+
+def expert_ffn_major(x, wi, wo, activation=jax.nn.relu):
+    """x [E, G, C, M] -> y [E, G, C, M]: the same FFN, expert-major in and out. Each expert's
+    slots of all groups form one [G·C, M] row block, so the three matmuls of each direction are
+    plain batched GEMMs over E with no transposes of the activations around them."""
+    E, G, C, M = x.shape
+    t = x.reshape(E, G * C, M)                                            # [E, T=G·C, M]
+    h = activation(jnp.einsum("ETM,EMH->ETH", t, wi.astype(x.dtype)))     # [E, T, H]
+    y = jnp.einsum("ETH,EHM->ETM", h, wo.astype(x.dtype))                 # [E, T, M]
+    return y.reshape(E, G, C, M)                                          # [E, G, C, M]
 
 
 def einsum_dispatch(inputs, dispatch_mask):
@@ -138,26 +167,35 @@ def einsum_combine(expert_out, combine_weights):
 
 def gather_dispatch(inputs, slot_token):
     """Index dispatch: slot (g, e, c) gets token slot_token[g, e, c] (S = empty -> zeros).
-    [G, S, M], [G, E, C] -> [E, G, C, M]; moves G·E·C·M values."""
-    G, E, C = slot_token.shape
-    idx = slot_token.reshape(G, E * C)[..., None]                         # [G, E*C, 1]
-    x = jnp.take_along_axis(inputs, idx, axis=1, mode="fill", fill_value=0)  # [G, E*C, M]
-    x = x.reshape(G, E, C, inputs.shape[-1])                              # [G, E, C, M]
-    return jnp.transpose(x, (1, 0, 2, 3))                                 # [E, G, C, M]
+    [G, S, M], [G, E, C] -> [E, G, C, M] written expert-major by one gather (G a batching dim),
+    so no transpose of the gathered values; moves G·E·C·M values."""
+    idx = jnp.transpose(slot_token, (1, 0, 2))[..., None]                  # [E, G, C, 1] int
+    dnums = jax.lax.GatherDimensionNumbers(
+        offset_dims=(3,), collapsed_slice_dims=(1,), start_index_map=(1,),
+        operand_batching_dims=(0,), start_indices_batching_dims=(1,))
+    return jax.lax.gather(inputs, idx, dnums, slice_sizes=(1, 1, inputs.shape[-1]),
+                          mode="fill", fill_value=0)                       # [E, G, C, M]
 
 
 def scatter_combine(expert_out, slot_token, slot_gate, group_size):
     """Index combine: out[g, slot_token[g,e,c]] += slot_gate[g,e,c] · expert_out[g,e,c].
     [G, E, C, M] -> [G, S, M]; empty slots (index S) are dropped."""
-    G, E, C, M = expert_out.shape
-    vals = expert_out * slot_gate[..., None].astype(expert_out.dtype)     # [G, E, C, M]
-    vals = vals.reshape(G, E * C, M)                                      # [G, E*C, M]
-    idx = slot_token.reshape(G, E * C)                                    # [G, E*C]
+    return scatter_combine_major(jnp.transpose(expert_out, (1, 0, 2, 3)), slot_token,
+                                 slot_gate, group_size)                   # [G, S, M]
 
-    def one_group(v, i):                                                  # [E*C, M], [E*C]
-        return jnp.zeros((group_size, M), v.dtype).at[i].add(v, mode="drop")  # [S, M]
 
-    return jax.vmap(one_group)(vals, idx)                                 # [G, S, M]
+def scatter_combine_major(expert_out, slot_token, slot_gate, group_size):
+    """scatter_combine from expert-major outputs [E, G, C, M] -> [G, S, M]: one scatter-add with
+    G as a batching dim; empty slots (index S) are dropped."""
+    E, G, C, M = expert_out.shape
+    gate = jnp.transpose(slot_gate, (1, 0, 2))[..., None]                  # [E, G, C, 1]
+    vals = expert_out * gate.astype(expert_out.dtype)                     # [E, G, C, M]
+    idx = jnp.transpose(slot_token, (1, 0, 2))[..., None]                  # [E, G, C, 1] int
+    dnums = jax.lax.ScatterDimensionNumbers(
+        update_window_dims=(3,), inserted_window_dims=(1,), scatter_dims_to_operand_dims=(1,),
+        operand_batching_dims=(0,), scatter_indices_batching_dims=(1,))
+    out = jnp.zeros((G, group_size, M), expert_out.dtype)                 # [G, S, M]
+    return jax.lax.scatter_add(out, idx, vals, dnums, mode="drop")        # [G, S, M]
 
 
 # ----- the layer ---------------------------------------------------------------------------------
@@ -200,10 +238,11 @@ def _einsum_path(inputs, wi, wo, routing: GatingResult, ann, activation):
 
 def _gather_path(inputs, wi, wo, routing: GatingResult, ann, activation):
     x = gather_dispatch(inputs, routing.slot_token)                        # [E, G, C, M]
-    x = ann.expert_split(x)
-    y = expert_ffn(x, wi, wo, activation)                                 # [G, E, C, M]
-    y = ann.group_split(y)
-    return scatter_combine(y, routing.slot_token, routing.slot_gate, inputs.shape[1])
+    x = ann.gathered(x)                                                   # gathered locally
+    x = ann.expert_split(x)                                               # split E: AllToAll
+    y = expert_ffn_major(x, wi, wo, activation)                           # [E, G, C, M]
+    y = ann.group_split_major(y)                                          # split G: AllToAll
+    return scatter_combine_major(y, routing.slot_token, routing.slot_gate, inputs.shape[1])
 
 
 def _check_shapes(inputs, wg, wi, wo):

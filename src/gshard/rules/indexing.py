@@ -91,7 +91,34 @@ def prop_scatter(eqn, ins, outs, mesh):
                       dn.scatter_indices_batching_dims, src)
     if outs[0] is not None and dn.operand_batching_dims and op is None:
         op = outs[0]
-    return [op, idx, None], [op]
+    upd = _updates_from_indices(eqn, ins[1]) if ins[1] is not None else None
+    return [op, idx, upd], [op]
+
+
+def _updates_from_indices(eqn, idx: ShardingSpec) -> ShardingSpec:
+    """Updates spec whose scatter dims follow the indices' dims (window dims whole)."""
+    dims = [()] * len(eqn.inputs[2].shape)
+    for k, d in enumerate(_scatter_dims(eqn)):
+        dims[d] = idx.dims[k]
+    return ShardingSpec(tuple(dims))
+
+
+def _scatter_plan(eqn, operand: Local, indices: Local, updates: Local) -> list:
+    """Dims of the updates to compute with: the updates' own split of their scatter dims; when
+    they have none, the indices' split, else the split of the operand's batching dims (a
+    replicated updates array is then sliced locally rather than the indices gathered)."""
+    scatter = _scatter_dims(eqn)
+    own = [updates.spec.dims[d] if d in scatter else () for d in range(updates.rank)]
+    if any(own):
+        return own
+    if any(indices.spec.dims[:len(scatter)]):
+        return list(_updates_from_indices(eqn, indices.spec).dims)
+    dn = eqn.params["dimension_numbers"]
+    dims = [()] * updates.rank
+    for od, idd in zip(dn.operand_batching_dims, dn.scatter_indices_batching_dims):
+        if idd < len(scatter):
+            dims[scatter[idd]] = operand.spec.dims[od]
+    return dims
 
 
 register_prop(P.scatter_add_p, prop_scatter, fwd_level=1)
@@ -101,7 +128,7 @@ register_prop(P.scatter_add_p, prop_scatter, fwd_level=1)
 def part_scatter_add(ctx, eqn, ins, targets):
     operand, indices, updates = ins
     scatter = _scatter_dims(eqn)
-    udims = [updates.spec.dims[d] if d in scatter else () for d in range(updates.rank)]
+    udims = _scatter_plan(eqn, operand, indices, updates)
     updates = ctx.reshard(updates, ShardingSpec(tuple(udims)), "scatter-add updates")
     idx_dims = [udims[d] for d in scatter] + [()]
     indices = ctx.reshard(indices, ShardingSpec(tuple(idx_dims[:indices.rank])), "scatter indices")
