@@ -2,11 +2,13 @@
 
     python bench/moe_vs_dense.py [--experts 8,32,64,128,256] [--devices 1,8]
                                  [--dispatch einsum,gather] [--mode train|fwd]
-                                 [--G 8 --S 256 --M 128 --H 256] [--rounds 7] [--json OUT]
+                                 [--G 8 --S 1024 --M 256 --H 512] [--rounds 7] [--json OUT]
 
 MoE: gshard.moe.moe_layer(inputs [G,S,M], wg [M,E], wi [E,M,H], wo [E,H,M]), top-2, capacity
 C = 2S/E (so the expert buffers hold exactly 2 slots per token: the expert FFN does the FLOPs of a
 dense FFN of hidden 2H). Dense: relu(x @ w1 [M,2H]) @ w2 [2H,M] on the same tokens.
+Default shape: 8192 tokens, M=256, H=512, so each expert's matmuls have 2·G·S/E rows (256 at
+E=64, 64 at E=256); `--S 256 --M 128 --H 256` is the small shape (64 rows per expert at E=64).
 mode=train (default): loss = mean(out^2), value and gradients w.r.t. the inputs and all weights;
 mode=fwd: forward only.
 1 device: jax.jit, no annotations. 8 devices (mesh (8,), axis "x"): gshard.partition; the MoE
@@ -112,7 +114,7 @@ def breakdown(E, a):
     router = router logits + top-2 gating (slots, aux loss); ffn = the expert FFN on [E,G,C,M]
     buffers alone; full = the whole layer. dispatch+combine+glue ~ full - router - ffn."""
     from gshard.moe.gating import gating
-    from gshard.moe.layer import expert_ffn, router_logits
+    from gshard.moe.layer import expert_ffn_major, router_logits
     rng = np.random.default_rng(E)
     G, S, M, H = a.G, a.S, a.M, a.H
     C = max(1, 2 * S // E)
@@ -130,7 +132,8 @@ def breakdown(E, a):
 
     cases = [("dense", dense_fn(None, a.mode), (x, w1, w2)),
              ("router", _mode(router, a.mode), (x, wg)),
-             ("expert ffn", _mode(lambda b, wi, wo: expert_ffn(b, wi, wo), a.mode), (buf, wi, wo)),
+             ("expert ffn", _mode(lambda b, wi, wo: expert_ffn_major(b, wi, wo), a.mode),
+              (buf, wi, wo)),
              ("full (gather)", moe_fn(E, C, "gather", None, a.mode), (x, wg, wi, wo))]
     fns = [compiled(f, args, 1) for _, f, args in cases]
     meds, ratios, spreads = interleaved(fns, rounds=a.rounds, calls=1)
@@ -147,9 +150,9 @@ def main(argv=None):
     ap.add_argument("--dispatch", default="einsum,gather")
     ap.add_argument("--mode", default="train", choices=("train", "fwd"))
     ap.add_argument("--G", type=int, default=8)
-    ap.add_argument("--S", type=int, default=256)
-    ap.add_argument("--M", type=int, default=128)
-    ap.add_argument("--H", type=int, default=256)
+    ap.add_argument("--S", type=int, default=1024)
+    ap.add_argument("--M", type=int, default=256)
+    ap.add_argument("--H", type=int, default=512)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--target-s", type=float, default=0.2)

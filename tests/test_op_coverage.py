@@ -161,6 +161,28 @@ def test_take_along_axis_at_set_add_dynamic_slices_sort_topk(mesh):
     assert_close(pf(x, idx, 2), jax.jit(f)(x, idx, 2), 1e-6, 1e-6)
 
 
+def test_batched_scatter_add_with_replicated_updates_stays_local(mesh):
+    """A scatter-add vmapped over a split batch dim whose updates are replicated (an iota, a
+    constant: the routing tables of the MoE gating) slices the updates locally: no gather of
+    the indices, no collective at all; values and the gradient of the scattered gates match."""
+    rng = np.random.default_rng(11)
+    slot = rng.integers(0, 7, size=(8, 12)).astype(np.int32)            # [G, S], 7 = dropped
+    gate = rng.normal(size=(8, 12)).astype(np.float32)
+
+    def f(slot, gate):
+        slot = gshard.mesh_split(slot, ("x", None))
+        gate = gshard.mesh_split(gate, ("x", None))
+
+        def one(sl, ga):                                                # [S], [S] -> [6], [6]
+            tok = jnp.full((6,), 12, jnp.int32).at[sl].add(jnp.arange(12) - 12, mode="drop")
+            return tok, jnp.zeros((6,)).at[sl].add(ga, mode="drop")
+        return jax.vmap(one)(slot, gate)
+
+    fwd, bwd = _check(f, (slot, gate), mesh, argnums=(1,))
+    assert not fwd.collectives, fwd.explain()
+    assert not bwd.collectives, bwd.explain()
+
+
 # ----- control flow and random -----------------------------------------------------------------
 def test_scanned_stack_of_layers_with_gradient(mesh):
     rng = np.random.default_rng(7)

@@ -95,30 +95,31 @@ def prop_scatter(eqn, ins, outs, mesh):
     return [op, idx, upd], [op]
 
 
-def _updates_from_indices(eqn, idx: ShardingSpec) -> ShardingSpec:
-    """Updates spec whose scatter dims follow the indices' dims (window dims whole)."""
+def _updates_from_indices(eqn, idx: ShardingSpec):
+    """Updates spec whose batching scatter dims follow the indices' (the rest whole); None
+    for a scatter without batching dims."""
+    scatter = _scatter_dims(eqn)
     dims = [()] * len(eqn.inputs[2].shape)
-    for k, d in enumerate(_scatter_dims(eqn)):
-        dims[d] = idx.dims[k]
-    return ShardingSpec(tuple(dims))
+    for idd in eqn.params["dimension_numbers"].scatter_indices_batching_dims:
+        if idd < len(scatter):
+            dims[scatter[idd]] = idx.dims[idd]
+    return ShardingSpec(tuple(dims)) if any(dims) else None
 
 
 def _scatter_plan(eqn, operand: Local, indices: Local, updates: Local) -> list:
     """Dims of the updates to compute with: the updates' own split of their scatter dims; when
-    they have none, the indices' split, else the split of the operand's batching dims (a
-    replicated updates array is then sliced locally rather than the indices gathered)."""
+    they have none, the split of the batching dims (from the indices, else the operand), so a
+    replicated updates array is sliced locally rather than the indices gathered. Only batching
+    dims are taken over: a split elsewhere would leave the whole operand as a partial sum."""
     scatter = _scatter_dims(eqn)
     own = [updates.spec.dims[d] if d in scatter else () for d in range(updates.rank)]
     if any(own):
         return own
-    if any(indices.spec.dims[:len(scatter)]):
-        return list(_updates_from_indices(eqn, indices.spec).dims)
     dn = eqn.params["dimension_numbers"]
-    dims = [()] * updates.rank
     for od, idd in zip(dn.operand_batching_dims, dn.scatter_indices_batching_dims):
         if idd < len(scatter):
-            dims[scatter[idd]] = operand.spec.dims[od]
-    return dims
+            own[scatter[idd]] = indices.spec.dims[idd] or operand.spec.dims[od]
+    return own
 
 
 register_prop(P.scatter_add_p, prop_scatter, fwd_level=1)
