@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import statistics
@@ -296,3 +297,10 @@ def to_np(tree):
 __all__ = ["force_cpu_devices", "auto_mesh", "xla_annotations", "build_gshard", "build_xla",
            "hlo_collectives", "summarize", "fmt_counts", "max_rel_diff", "interleaved", "table",
            "kb", "to_np", "jax", "jnp", "np", "P", "NamedSharding", "gshard"]
+
+
+def save_json(path, rows) -> None:
+    """Write a bench's result rows as JSON (the --json option); nothing without a path."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(rows, f, indent=1)

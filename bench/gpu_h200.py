@@ -19,8 +19,6 @@ from this repository.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import sys
 import time
@@ -41,7 +39,7 @@ from gshard.testing import dot_flops  # noqa: E402
 from gshard.train.step import init_train_state, make_optimizer, make_train_step  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import interleaved as _interleaved  # noqa: E402
+from common import interleaved as _interleaved, save_json  # noqa: E402
 
 PEAK_BF16 = 989e12  # H200 SXM, dense bf16 tensor-core peak
 
@@ -152,9 +150,7 @@ def main(argv=None):
                 f"spread {100 * r['spread']:.0f}%")
     path = a.json or (os.path.join(os.environ["OUT"], "gpu_h200.json") if os.environ.get("OUT")
                       else None)
-    if path:
-        with open(path, "w") as f:
-            json.dump(rows, f, indent=1)
+    save_json(path, rows)
     return rows
 
 

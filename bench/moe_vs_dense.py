@@ -20,7 +20,6 @@ median of per-round MoE/dense ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -29,7 +28,7 @@ from common import force_cpu_devices  # noqa: E402
 
 force_cpu_devices(8)
 
-from common import auto_mesh, interleaved, jax, jnp, np, table  # noqa: E402
+from common import auto_mesh, interleaved, jax, jnp, np, save_json, table  # noqa: E402
 
 import gshard  # noqa: E402
 from gshard.moe.layer import moe_layer  # noqa: E402
@@ -190,9 +189,7 @@ def main(argv=None):
         body.append(line)
     print()
     print(table(body, hdr))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    save_json(a.json, rows)
     return rows
 
 

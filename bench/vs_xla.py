@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 
@@ -27,7 +26,8 @@ from common import force_cpu_devices  # noqa: E402
 force_cpu_devices(8)
 
 from common import (auto_mesh, build_gshard, build_xla, fmt_counts, hlo_collectives,  # noqa: E402
-                    interleaved, jax, jnp, kb, max_rel_diff, np, summarize, table)
+                    interleaved, jax, jnp, kb, max_rel_diff, np, save_json, summarize,
+                    table)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 import models_for_tests as M  # noqa: E402
@@ -135,10 +135,10 @@ def bench_one(name, shape, rounds, target_s, detail=False, dump=None):
         print(f"\n=== {name} on {row['mesh']}: gshard records")
         for c in g.collectives:
             print("  ", c)
-        print(f"--- gshard compiled HLO collectives")
+        print("--- gshard compiled HLO collectives")
         for c in hlo_collectives(g.hlo):
             print(f"   {c.bytes:>9,} B  {c.line[:160]}")
-        print(f"--- XLA compiled HLO collectives")
+        print("--- XLA compiled HLO collectives")
         for c in hlo_collectives(x.hlo):
             print(f"   {c.bytes:>9,} B  {c.line[:160]}")
     return row
@@ -195,9 +195,7 @@ def main(argv=None):
                   f"bytes ours {r['gshard_bytes']:,} xla {r['xla_bytes']:,}", flush=True)
     print()
     print(render(rows))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    save_json(a.json, rows)
     return rows
 
 

@@ -76,45 +76,36 @@ class _Annotator:
     def on(self) -> bool:
         return self.axes is not None or self.d is not None
 
-    def _mesh(self, x, entries):
-        return _ann.mesh_split(x, tuple(_entry(e) for e in entries))
+    def _annotate(self, x, split_dim, entries):
+        """split(x, split_dim, D) under num_partitions; mesh_split(x, entries()) under
+        mesh_axes (entries: a tuple of axis names per dim); x itself without annotations."""
+        if self.d is not None:
+            return _ann.split(x, split_dim, self.d)
+        if self.axes is None:
+            return x
+        return _ann.mesh_split(x, tuple(_entry(e) for e in entries()))
+
+    def _rest(self, axes, without):
+        return tuple(a for a in axes if a not in without)
 
     def group_split(self, x):
-        """[G, ...] split on G (inputs, outputs, expert outputs [G, E, C, M])."""
-        if self.d is not None:
-            return _ann.split(x, 0, self.d)
-        if self.axes is None:
-            return x
-        rest = tuple(a for a in self.e if a not in self.g)  # E keeps axes G does not use
-        extra = [rest] if x.ndim == 4 else []
-        return self._mesh(x, [self.g] + extra + [()] * (x.ndim - 1 - len(extra)))
+        """[G, ...] split on G (inputs, outputs, expert outputs [G, E, C, M]); a 4-D value's E
+        keeps the axes G does not use."""
+        def entries():
+            extra = [self._rest(self.e, self.g)] if x.ndim == 4 else []
+            return [self.g] + extra + [()] * (x.ndim - 1 - len(extra))
+        return self._annotate(x, 0, entries)
 
     def expert_split(self, x):
-        """Dispatched expert inputs [E, G, C, M]: split on E."""
-        if self.d is not None:
-            return _ann.split(x, 0, self.d)
-        if self.axes is None:
-            return x
-        rest = tuple(a for a in self.g if a not in self.e)  # G keeps axes E does not use
-        return self._mesh(x, [self.e, rest, (), ()])
+        """Dispatched expert inputs [E, G, C, M]: split on E (G keeps the axes E does not use)."""
+        return self._annotate(x, 0, lambda: [self.e, self._rest(self.g, self.e), (), ()])
 
-    def group_split_major(self, x):
-        """Expert-major outputs [E, G, C, M] split on G (E keeps the axes G does not use)."""
-        if self.d is not None:
-            return _ann.split(x, 1, self.d)
-        if self.axes is None:
-            return x
-        rest = tuple(a for a in self.e if a not in self.g)
-        return self._mesh(x, [rest, self.g, (), ()])
-
-    def gathered(self, x):
-        """Dispatched inputs [E, G, C, M] as gathered in each group: split on G only, so that
-        the E split that follows is one AllToAll over the axes G gives up."""
-        if self.d is not None:
-            return _ann.split(x, 1, self.d)
-        if self.axes is None:
-            return x
-        return self._mesh(x, [(), self.g, (), ()])
+    def group_split_major(self, x, keep_expert_axes=True):
+        """Expert-major [E, G, C, M] split on G. With keep_expert_axes, E keeps the axes G does
+        not use (expert outputs after the AllToAll); without, E is whole (the gathered dispatch
+        buffer, so that the E split after it is one AllToAll over the axes G gives up)."""
+        return self._annotate(x, 1, lambda: [
+            self._rest(self.e, self.g) if keep_expert_axes else (), self.g, (), ()])
 
     def router(self, wg):
         """wg [M, E]: replicated."""
@@ -122,13 +113,11 @@ class _Annotator:
 
     def expert_weight(self, w, hidden_dim):
         """wi [E, M, H] / wo [E, H, M]: split on E (and H on `hidden`)."""
-        if self.d is not None:
-            return _ann.split(w, 0, self.d)
-        if self.axes is None:
-            return w
-        entries = [self.e, (), ()]
-        entries[hidden_dim] = self.h
-        return self._mesh(w, entries)
+        def entries():
+            e = [self.e, (), ()]
+            e[hidden_dim] = self.h
+            return e
+        return self._annotate(w, 0, entries)
 
 
 # ----- expert computation ----------------------------------------------------------------------
@@ -187,7 +176,7 @@ def scatter_combine(expert_out, slot_token, slot_gate, group_size):
 def scatter_combine_major(expert_out, slot_token, slot_gate, group_size):
     """scatter_combine from expert-major outputs [E, G, C, M] -> [G, S, M]: one scatter-add with
     G as a batching dim; empty slots (index S) are dropped."""
-    E, G, C, M = expert_out.shape
+    G, M = expert_out.shape[1], expert_out.shape[3]
     gate = jnp.transpose(slot_gate, (1, 0, 2))[..., None]                  # [E, G, C, 1]
     vals = expert_out * gate.astype(expert_out.dtype)                     # [E, G, C, M]
     idx = jnp.transpose(slot_token, (1, 0, 2))[..., None]                  # [E, G, C, 1] int
@@ -238,7 +227,7 @@ def _einsum_path(inputs, wi, wo, routing: GatingResult, ann, activation):
 
 def _gather_path(inputs, wi, wo, routing: GatingResult, ann, activation):
     x = gather_dispatch(inputs, routing.slot_token)                        # [E, G, C, M]
-    x = ann.gathered(x)                                                   # gathered locally
+    x = ann.group_split_major(x, keep_expert_axes=False)                  # gathered locally
     x = ann.expert_split(x)                                               # split E: AllToAll
     y = expert_ffn_major(x, wi, wo, activation)                           # [E, G, C, M]
     y = ann.group_split_major(y)                                          # split G: AllToAll

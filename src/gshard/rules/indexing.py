@@ -18,9 +18,13 @@ from ..spmd.table import register as register_part
 from .misc import part_whole, prop_none
 
 
+def _non_window(rank: int, window) -> list[int]:
+    """The dims of a gather result / scatter updates that are not slice-window dims."""
+    return [d for d in range(rank) if d not in set(window)]
+
+
 def _gather_batch_dims(eqn) -> list[int]:
-    offset = set(eqn.params["dimension_numbers"].offset_dims)
-    return [d for d in range(len(eqn.outputs[0].shape)) if d not in offset]
+    return _non_window(len(eqn.outputs[0].shape), eqn.params["dimension_numbers"].offset_dims)
 
 
 def prop_gather(eqn, ins, outs, mesh):
@@ -72,8 +76,8 @@ def _batched(rank, operand_dims, index_dims, idx_spec: ShardingSpec) -> Sharding
 
 # ----- scatter-add ------------------------------------------------------------------------------
 def _scatter_dims(eqn) -> list[int]:
-    window = set(eqn.params["dimension_numbers"].update_window_dims)
-    return [d for d in range(len(eqn.inputs[2].shape)) if d not in window]
+    return _non_window(len(eqn.inputs[2].shape),
+                       eqn.params["dimension_numbers"].update_window_dims)
 
 
 def prop_scatter(eqn, ins, outs, mesh):
@@ -95,31 +99,32 @@ def prop_scatter(eqn, ins, outs, mesh):
     return [op, idx, upd], [op]
 
 
-def _updates_from_indices(eqn, idx: ShardingSpec):
-    """Updates spec whose batching scatter dims follow the indices' (the rest whole); None
-    for a scatter without batching dims."""
+def _batching_updates(eqn, idx_dims, op_dims=None) -> list:
+    """Updates dims whose batching scatter dims take the indices' split (else the operand's
+    batching dim's); every other dim whole. A split elsewhere would leave the whole operand a
+    partial sum, so only batching dims are taken over."""
     scatter = _scatter_dims(eqn)
+    dn = eqn.params["dimension_numbers"]
     dims = [()] * len(eqn.inputs[2].shape)
-    for idd in eqn.params["dimension_numbers"].scatter_indices_batching_dims:
+    for od, idd in zip(dn.operand_batching_dims, dn.scatter_indices_batching_dims):
         if idd < len(scatter):
-            dims[scatter[idd]] = idx.dims[idd]
+            dims[scatter[idd]] = idx_dims[idd] or (op_dims[od] if op_dims else ())
+    return dims
+
+
+def _updates_from_indices(eqn, idx: ShardingSpec):
+    """Propagated updates spec from the indices (batching dims only); None when it is whole."""
+    dims = _batching_updates(eqn, idx.dims)
     return ShardingSpec(tuple(dims)) if any(dims) else None
 
 
 def _scatter_plan(eqn, operand: Local, indices: Local, updates: Local) -> list:
     """Dims of the updates to compute with: the updates' own split of their scatter dims; when
-    they have none, the split of the batching dims (from the indices, else the operand), so a
-    replicated updates array is sliced locally rather than the indices gathered. Only batching
-    dims are taken over: a split elsewhere would leave the whole operand as a partial sum."""
+    they have none, the split of the batching dims, so a replicated updates array is sliced
+    locally rather than the indices gathered."""
     scatter = _scatter_dims(eqn)
     own = [updates.spec.dims[d] if d in scatter else () for d in range(updates.rank)]
-    if any(own):
-        return own
-    dn = eqn.params["dimension_numbers"]
-    for od, idd in zip(dn.operand_batching_dims, dn.scatter_indices_batching_dims):
-        if idd < len(scatter):
-            own[scatter[idd]] = indices.spec.dims[idd] or operand.spec.dims[od]
-    return own
+    return own if any(own) else _batching_updates(eqn, indices.spec.dims, operand.spec.dims)
 
 
 register_prop(P.scatter_add_p, prop_scatter, fwd_level=1)
