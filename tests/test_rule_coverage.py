@@ -85,6 +85,8 @@ OTHER = {  # name -> (function, args)
     "scan": (lambda x: lax.scan(lambda c, r: (c + r, c * r), jnp.zeros(6), S(x))[1], (X,)),
     "while": (lambda x: lax.while_loop(lambda v: v.sum() < 100, lambda v: v * 2, S(x)), (X,)),
     "cond": (lambda x: lax.cond(S(x).sum() > 1, jnp.sin, jnp.cos, S(x)), (X,)),
+    "empty2": (lambda x: jax.grad(lambda t: lax.cond(  # branches with different residuals
+        t.sum() > 1, lambda u: jnp.sin(u) * u, lambda u: jnp.exp(jnp.cos(u)), S(t)).sum())(x), (X,)),
     "random_seed": (lambda x: S(x) + jax.random.uniform(jax.random.PRNGKey(1), (8, 6)), (X,)),
     "random_bits": (lambda x: S(x) + jax.random.uniform(jax.random.PRNGKey(1), (8, 6)), (X,)),
     "random_wrap": (lambda x: S(x) + jax.random.normal(jax.random.PRNGKey(2), (8, 6)), (X,)),

@@ -16,7 +16,6 @@ from .errors import GShardError
 from .manual import partition_mesh
 from .mesh import MeshInfo
 from .spec import ShardingSpec
-from .spmd.table import RULES as PART_RULES
 from .propagate.engine import Propagation, check_supported, propagate
 from .runtime import Program, build, place
 from .trace.graph import Graph, trace
@@ -111,7 +110,7 @@ def _lower(fn, base: MeshInfo, in_tree, avals) -> Lowered:
         graph, _ = trace(flat_fn, *avals)
     t1 = time.perf_counter()
     mesh, fixed = resolve_annotations(graph, base)
-    check_supported(graph, PART_RULES)
+    check_supported(graph)
     prop = propagate(graph, mesh, fixed)
     t2 = time.perf_counter()
     program = build(graph, prop, mesh, avals)

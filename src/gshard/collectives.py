@@ -24,10 +24,17 @@ class Collective:
     shape: tuple[int, ...] = ()
     dtype: str = ""
     op: str = ""
-    full_replication: bool = False
+    full_replication: bool = False   # the whole tensor ends on every device
+    whole_dim: bool = False          # an (uneven) split dim gathered whole
+
+    @property
+    def warning(self) -> str:
+        if self.full_replication:
+            return "full replication"
+        return "split dim gathered whole" if self.whole_dim else ""
 
     def __str__(self) -> str:
-        warn = "  [WARNING: full replication]" if self.full_replication else ""
+        warn = f"  [WARNING: {self.warning}]" if self.warning else ""
         op = f"({self.op})" if self.op else ""
         return (f"{self.kind}{op} over {list(self.axes)}: {self.bytes:,} B/device "
                 f"{self.dtype}{list(self.shape)} — {self.reason} @ {self.source}{warn}")
@@ -40,11 +47,11 @@ class Recorder:
         self.records: list[Collective] = []
         self.source = "<unknown>"
 
-    def add(self, kind, axes, x, reason, *, op="", result=None, full=False):
+    def add(self, kind, axes, x, reason, *, op="", result=None, full=False, whole=False):
         ref = result if result is not None else x
         nbytes = math.prod(ref.shape) * jnp.dtype(ref.dtype).itemsize
         self.records.append(Collective(kind, tuple(axes), int(nbytes), self.source, reason,
-                                       tuple(x.shape), str(x.dtype), op, full))
+                                       tuple(x.shape), str(x.dtype), op, full, whole))
 
 
 def _name(axes):
@@ -76,9 +83,9 @@ def all_reduce_many(rec: Recorder, xs: list, axes, reason) -> list:
     return list(jax.lax.psum(list(xs), _name(tuple(axes))))
 
 
-def all_gather(rec: Recorder, x, axes, dim, reason, *, full=False):
+def all_gather(rec: Recorder, x, axes, dim, reason, *, full=False, whole=False):
     y = jax.lax.all_gather(x, _name(axes), axis=dim, tiled=True)
-    rec.add("all_gather", axes, x, reason, result=y, full=full)
+    rec.add("all_gather", axes, x, reason, result=y, full=full, whole=whole)
     return y
 
 

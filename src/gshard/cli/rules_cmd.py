@@ -10,16 +10,18 @@ def add_parser(sub):
 def rule_table() -> list[tuple[str, str, str, str]]:
     """(primitive, propagation rule, levels fwd/bwd, partition rule) for every registered one."""
     from gshard import api  # noqa: F401  (registers the rules)
-    from gshard.propagate.engine import RULES as PROP
-    from gshard.spmd.table import RULES as PART
+    from gshard.registry import RULES
 
     rows = []
-    for prim in sorted(set(PROP) | set(PART), key=lambda p: p.name):
-        prop, part = PROP.get(prim), PART.get(prim)
-        levels = "per-eqn" if prop and prop.levels else (f"{prop.fwd_level}/{prop.bwd_level}" if prop else "-")
-        rows.append((prim.name, f"{prop.fn.__module__.split('.')[-1]}.{prop.fn.__name__}" if prop else "-",
-                     levels, f"{part.__module__.split('.')[-1]}.{part.__name__}" if part else "-"))
+    for prim in sorted(RULES, key=lambda p: p.name):
+        r = RULES[prim]
+        levels = "per-eqn" if r.levels else f"{r.fwd_level}/{r.bwd_level}"
+        rows.append((prim.name, _name(r.prop), levels, _name(r.part)))
     return rows
+
+
+def _name(fn) -> str:
+    return f"{fn.__module__.split('.')[-1]}.{fn.__name__}"
 
 
 def run(args) -> int:

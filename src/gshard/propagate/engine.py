@@ -8,37 +8,14 @@ backward, 3 broadcasts forward. Every value records why it has its spec.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 from ..errors import UnsupportedPrimitiveError
 from ..mesh import MeshInfo
+from ..registry import RULES, Rule
 from ..spec import ShardingSpec, merge
 from ..trace.graph import Graph, Value, walk
 
 LEVELS = 4
-
-
-@dataclass(frozen=True)
-class PropRule:
-    fn: Callable  # (eqn, ins, outs, mesh) -> (in_proposals, out_proposals)
-    fwd_level: int = 1
-    bwd_level: int = 1
-    levels: Callable | None = None  # eqn -> (fwd_level, bwd_level), when they depend on the eqn
-    ties: Callable | None = None  # eqn -> [(outer, inner, to_inner, to_outer)] for bodies
-
-    def levels_of(self, eqn) -> tuple[int, int]:
-        return self.levels(eqn) if self.levels else (self.fwd_level, self.bwd_level)
-
-
-RULES: dict = {}
-
-
-def register(prims, fn, *, fwd_level: int = 1, bwd_level: int | None = None, levels=None,
-             ties=None):
-    for p in prims if isinstance(prims, (list, tuple)) else [prims]:
-        RULES[p] = PropRule(fn, fwd_level, fwd_level if bwd_level is None else bwd_level, levels,
-                            ties)
-    return fn
 
 
 @dataclass
@@ -81,7 +58,7 @@ def _run_level(graph: Graph, state: Propagation, level: int):
             return
 
 
-def _apply_ties(eqn, rule: PropRule, state: Propagation) -> bool:
+def _apply_ties(eqn, rule: Rule, state: Propagation) -> bool:
     """Loop/branch bodies: outer values and body values take each other's specs."""
     changed = False
     for outer, inner, to_inner, to_outer in rule.ties(eqn):
@@ -103,7 +80,7 @@ def _apply(eqn, state: Propagation, level: int) -> bool:
         return False
     ins = [state.specs.get(x) if isinstance(x, Value) else None for x in eqn.inputs]
     outs = [state.specs.get(x) for x in eqn.outputs]
-    in_props, out_props = rule.fn(eqn, ins, outs, state.mesh)
+    in_props, out_props = rule.prop(eqn, ins, outs, state.mesh)
     changed = False
     if fwd:
         for v, p in zip(eqn.outputs, out_props):
@@ -158,10 +135,10 @@ def _all_values(graph: Graph):
     return seen
 
 
-def check_supported(graph: Graph, part_rules: dict):
+def check_supported(graph: Graph):
     """Fail before running if a primitive has no propagation or partition rule."""
     for e in walk(graph):
-        if e.prim not in RULES or e.prim not in part_rules:
+        if e.prim not in RULES:
             shapes = ", ".join(str(x.aval.str_short()) for x in e.inputs)
             raise UnsupportedPrimitiveError(
                 f"gshard has no sharding rule for primitive '{e.prim.name}' (operands: {shapes})"

@@ -2,19 +2,15 @@
 from __future__ import annotations
 
 from ..annotate import annotate_p
+from ..registry import rule
 from ..spmd.local import Local
-from ..spmd.table import register as register_part
-from ..propagate.engine import register as register_prop
 
 
 def prop_annotation(eqn, ins, outs, mesh):
     return [outs[0]], [None]
 
 
-register_prop(annotate_p, prop_annotation, fwd_level=0)
-
-
-@register_part(annotate_p)
+@rule(annotate_p, prop=prop_annotation, fwd_level=0)
 def part_annotation(ctx, eqn, ins, targets):
     ann = eqn.params["ann"]
     x = ctx.reshard(ins[0], targets[0], f"user annotation {ann.describe()}")

@@ -11,11 +11,10 @@ from jax import lax
 from jax.extend.core import primitives as P
 
 from ..compat import scan_counts
-from ..propagate.engine import register as register_prop
+from ..registry import rule
 from ..spec import ShardingSpec
 from ..spmd.interpret import run_sub
 from ..spmd.local import Local
-from ..spmd.table import register as register_part
 
 
 def _same(s):
@@ -50,9 +49,6 @@ def scan_ties(eqn):
     return ties
 
 
-register_prop(P.scan_p, _nothing, ties=scan_ties)
-
-
 def _spec(ctx, x):
     return ctx.prop.spec(x).drop_partial()
 
@@ -61,7 +57,7 @@ def _reshard_all(ctx, xs, specs, why):
     return [ctx.reshard(x, s, why) for x, s in zip(xs, specs)]
 
 
-@register_part(P.scan_p)
+@rule(P.scan_p, prop=_nothing, ties=scan_ties)
 def part_scan(ctx, eqn, ins, targets):
     body, p = eqn.subs[0], eqn.params
     nc, ncar = scan_counts(p)
@@ -99,10 +95,7 @@ def while_ties(eqn):
     return ties
 
 
-register_prop(P.while_p, _nothing, ties=while_ties)
-
-
-@register_part(P.while_p)
+@rule(P.while_p, prop=_nothing, ties=while_ties)
 def part_while(ctx, eqn, ins, targets):
     cond, body, p = eqn.subs[0], eqn.subs[1], eqn.params
     cn, bn = p["cond_nconsts"], p["body_nconsts"]
@@ -137,10 +130,7 @@ def cond_ties(eqn):
     return ties
 
 
-register_prop(P.cond_p, _nothing, ties=cond_ties)
-
-
-@register_part(P.cond_p)
+@rule(P.cond_p, prop=_nothing, ties=cond_ties)
 def part_cond(ctx, eqn, ins, targets):
     index = ctx.reshard(ins[0], ShardingSpec.replicated(0), "branch index").val
     specs = [_spec(ctx, v) for v in eqn.subs[0].invars]

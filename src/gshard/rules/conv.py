@@ -16,11 +16,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend.core import primitives as P
 
-from .. import collectives as coll
-from ..propagate.engine import register as register_prop
+from ..registry import rule
 from ..spec import ShardingSpec
 from ..spmd.local import Local
-from ..spmd.table import register as register_part
 
 
 @dataclass(frozen=True)
@@ -64,9 +62,6 @@ def prop_conv(eqn, ins, outs, mesh):
         if rshape[d.rhs[2 + k]] < lshape[d.lhs[2 + k]] and eqn.params["lhs_dilation"][k] == 1:
             out[d.out[2 + k]], lhs[d.lhs[2 + k]] = ld[d.lhs[2 + k]], od[d.out[2 + k]]
     return [ShardingSpec(tuple(lhs)), ShardingSpec(tuple(rhs))], [ShardingSpec(tuple(out))]
-
-
-register_prop(P.conv_general_dilated_p, prop_conv, fwd_level=1)
 
 
 # ----- planning ---------------------------------------------------------------------------------
@@ -127,12 +122,12 @@ def _halo_window(ctx, x, dim, axes, n, step, a0, width):
     parts = []
     if left:
         edge = lax.slice_in_dim(x, L - left, L, axis=dim)
-        parts.append(coll.collective_permute(ctx.rec, edge, axes, [(j, j + 1) for j in range(t - 1)],
+        parts.append(ctx.collective_permute(edge, axes, [(j, j + 1) for j in range(t - 1)],
                                              f"halo of {left} rows from the left neighbour"))
     parts.append(x)
     if right:
         edge = lax.slice_in_dim(x, 0, right, axis=dim)
-        parts.append(coll.collective_permute(ctx.rec, edge, axes, [(j + 1, j) for j in range(t - 1)],
+        parts.append(ctx.collective_permute(edge, axes, [(j + 1, j) for j in range(t - 1)],
                                              f"halo of {right} rows from the right neighbour"))
     ext = jnp.concatenate(parts, axis=dim) if len(parts) > 1 else x
     i = ctx.shard_index(axes)
@@ -149,7 +144,7 @@ def _tiles(ctx, axes) -> int:
 
 
 # ----- partitioning -----------------------------------------------------------------------------
-@register_part(P.conv_general_dilated_p)
+@rule(P.conv_general_dilated_p, prop=prop_conv)
 def part_conv(ctx, eqn, ins, targets):
     d, p = Dims.of(eqn), eqn.params
     lhs, rhs = ins
@@ -170,7 +165,7 @@ def part_conv(ctx, eqn, ins, targets):
             return _fallback(ctx, eqn, ins, targets)
         x, padding[k] = y, (0, 0)
     val = eqn.prim.bind(x, rhs.val, **dict(p, padding=tuple(padding)))
-    out = Local(val, ospec, eqn.outputs[0].shape)
+    out = Local(val, ospec.with_partial(ctx.new_partial(ospec.partial)), eqn.outputs[0].shape)
     return [out] if ospec.partial else [ctx.reshard(out, targets[0], "conv result")]
 
 

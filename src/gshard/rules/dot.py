@@ -13,9 +13,9 @@ import jax.numpy as jnp
 from jax.extend.core import primitives as P
 
 from ..spmd.local import Local
-from ..spmd.table import register as register_part
-from ..propagate.engine import register as register_prop
+from ..registry import rule
 from ..spec import ShardingSpec
+from ..spmd.plan import reshard_cost
 
 
 @dataclass(frozen=True)
@@ -92,30 +92,7 @@ def prop_dot(eqn, ins, outs, mesh):
     return [lhs, rhs], [fwd]
 
 
-register_prop(P.dot_general_p, prop_dot, fwd_level=1)
-
-
 # ----- partitioning -----------------------------------------------------------------------------
-def reshard_bytes(src: ShardingSpec, dst: ShardingSpec, shape, itemsize, sizes) -> float:
-    """Approximate bytes moved per device to reshard (for choosing among plans)."""
-    if src == dst:
-        return 0.0
-    local = math.prod(src.local_shape(shape, sizes)) * itemsize
-    cost = 0.0
-    for a in src.partial:
-        if a not in dst.partial:
-            cost += local if dst.dim_of_axis(a) is not None else 2 * local
-    for d, (s, t) in enumerate(zip(src.dims, dst.dims)):
-        k = 0
-        while k < min(len(s), len(t)) and s[k] == t[k]:
-            k += 1
-        for a in reversed(s[k:]):  # minor axes go first; a gather grows the buffer
-            if dst.dim_of_axis(a) is None:
-                local *= sizes[a]
-            cost += local
-    return cost
-
-
 def _contract_choice(r: Roles, lhs: Local, rhs: Local, used: set, lbig: bool):
     out = []
     for i, j in zip(r.lc, r.rc):
@@ -150,9 +127,9 @@ def _candidates(r: Roles, lhs: Local, rhs: Local, target: ShardingSpec):
 
 def _cost(plan: Plan, r: Roles, lhs: Local, rhs: Local, target, out_shape, out_item, sizes):
     lspec, rspec = plan.lhs(r, lhs.rank), plan.rhs(r, rhs.rank)
-    c = reshard_bytes(lhs.spec, lspec, lhs.shape, lhs.dtype.itemsize, sizes)
-    c += reshard_bytes(rhs.spec, rspec, rhs.shape, rhs.dtype.itemsize, sizes)
-    return c + reshard_bytes(plan.out(), target, out_shape, out_item, sizes)
+    c = reshard_cost(lhs.spec, lspec, lhs.shape, lhs.dtype.itemsize, sizes)
+    c += reshard_cost(rhs.spec, rspec, rhs.shape, rhs.dtype.itemsize, sizes)
+    return c + reshard_cost(plan.out(), target, out_shape, out_item, sizes)
 
 
 def _partials(plan: Plan, lhs: Local, rhs: Local):
@@ -163,7 +140,7 @@ def _partials(plan: Plan, lhs: Local, rhs: Local):
     return lp, rp
 
 
-@register_part(P.dot_general_p)
+@rule(P.dot_general_p, prop=prop_dot)
 def part_dot(ctx, eqn, ins, targets):
     lhs, rhs = ins
     r = Roles.of(eqn)
@@ -177,4 +154,4 @@ def part_dot(ctx, eqn, ins, targets):
     lx, rx = ctx.masked(lx, r.lc, 0), ctx.masked(rx, r.rc, 0)
     val = eqn.prim.bind(lx.val, rx.val, **eqn.params)
     out = plan.out()
-    return [Local(val, out.with_partial(out.partial + lp + rp), out_v.shape)]
+    return [Local(val, out.with_partial(ctx.new_partial(out.partial) + lp + rp), out_v.shape)]

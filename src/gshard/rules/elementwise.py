@@ -8,9 +8,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from ..compat import primitive
 
+from ..registry import rule
 from ..spmd.local import Local
-from ..spmd.table import register as register_part
-from ..propagate.engine import register as register_prop
 from ..spec import ShardingSpec, merge
 
 _NAMES = """add sub mul div rem pow max min neg sign floor ceil round is_finite exp exp2 log log1p
@@ -54,9 +53,6 @@ def prop_elementwise(eqn, ins, outs, mesh):
     return [fit(merged, x.shape, out_shape) for x in eqn.inputs], [merged] * len(eqn.outputs)
 
 
-register_prop(ELEMENTWISE, prop_elementwise, fwd_level=0)
-
-
 def _kept_partial(eqn, ins: list[Local], rank: int) -> tuple[str, ...]:
     name = eqn.prim.name
     parts = [x.spec.partial for x in ins]
@@ -77,22 +73,24 @@ def _kept_partial(eqn, ins: list[Local], rank: int) -> tuple[str, ...]:
     return ()
 
 
-@register_part(ELEMENTWISE)
+@rule(ELEMENTWISE, prop=prop_elementwise, fwd_level=0)
 def part_elementwise(ctx, eqn, ins, targets):
-    target = targets[0]
-    rank = len(eqn.outputs[0].shape)
-    partial = _kept_partial(eqn, ins, rank)
+    target, out_shape = targets[0], eqn.outputs[0].shape
+    partial = _kept_partial(eqn, ins, len(out_shape))
     if set(partial) & set(target.used_axes()):
         partial = ()
-    spec = target.with_partial(partial)
-    vals, out_shape = [], eqn.outputs[0].shape
-    for x in ins:
-        if x.rank != rank:  # a scalar operand
-            want = x.spec.drop_partial()
-        else:
-            want = spec if partial and x.spec.partial == partial else target
-            want = fit(want, x.shape, out_shape)
-        vals.append(ctx.reshard(x, want, f"operand of {eqn.prim.name}").val)
+    vals = []
+    for x in ins:  # an operand rides through partial only when its partial is the kept one
+        keep = partial if partial and x.spec.partial == partial else ()
+        vals.append(ctx.reshard(x, _operand_spec(x, target, out_shape, keep),
+                                f"operand of {eqn.prim.name}").val)
     outs = eqn.prim.bind(*vals, **eqn.params)
     outs = outs if eqn.prim.multiple_results else [outs]
+    spec = target.with_partial(partial)
     return [Local(o, spec, v.shape) for o, v in zip(outs, eqn.outputs)]
+
+
+def _operand_spec(x: Local, target: ShardingSpec, out_shape, partial) -> ShardingSpec:
+    if x.rank != len(out_shape):  # a scalar operand
+        return ShardingSpec.replicated(x.rank).with_partial(partial)
+    return fit(target, x.shape, out_shape).with_partial(partial)

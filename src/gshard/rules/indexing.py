@@ -8,13 +8,13 @@ kept on one device only), leaving a partial sum over the updates' split axes, re
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax.lax import GatherScatterMode
 from jax.extend.core import primitives as P
 
 from ..compat import primitive
-from ..propagate.engine import register as register_prop
+from ..registry import rule
 from ..spec import ShardingSpec, merge
 from ..spmd.local import Local
-from ..spmd.table import register as register_part
 from .misc import part_whole, prop_none
 
 
@@ -42,19 +42,15 @@ def prop_gather(eqn, ins, outs, mesh):
     return [None, bwd], [fwd]
 
 
-register_prop(P.gather_p, prop_gather, fwd_level=1)
-
-
-@register_part(P.gather_p)
+@rule(P.gather_p, prop=prop_gather)
 def part_gather(ctx, eqn, ins, targets):
     operand, indices = ins
     batch = _gather_batch_dims(eqn)
     t = targets[0]
-    idx_dims = [t.dims[d] for d in batch] + [()]
     d = split_lookup_dim(eqn, operand)
     if d is not None:  # a vocabulary-split table: no gather of the table
-        indices = ctx.reshard(indices, ShardingSpec(tuple(idx_dims[:indices.rank])), "lookup ids")
-        return [masked_lookup(ctx, eqn, operand, indices, d, t)]
+        return [split_lookup(ctx, eqn, operand, indices, d, t)]
+    idx_dims = [t.dims[d] for d in batch] + [()]
     idx_spec = ShardingSpec(tuple(idx_dims[:indices.rank]))
     dn = eqn.params["dimension_numbers"]
     op_spec = _batched(operand.rank, dn.operand_batching_dims, dn.start_indices_batching_dims, idx_spec)
@@ -127,10 +123,7 @@ def _scatter_plan(eqn, operand: Local, indices: Local, updates: Local) -> list:
     return own if any(own) else _batching_updates(eqn, indices.spec.dims, operand.spec.dims)
 
 
-register_prop(P.scatter_add_p, prop_scatter, fwd_level=1)
-
-
-@register_part(P.scatter_add_p)
+@rule(P.scatter_add_p, prop=prop_scatter)
 def part_scatter_add(ctx, eqn, ins, targets):
     operand, indices, updates = ins
     scatter = _scatter_dims(eqn)
@@ -149,7 +142,7 @@ def part_scatter_add(ctx, eqn, ins, targets):
         base = jnp.where(ctx.shard_index(axes) == 0, base, jnp.zeros_like(base))
     updates = ctx.masked(updates, scatter, 0)
     val = eqn.prim.bind(base, indices.val, updates.val, **eqn.params)
-    out = Local(val, op_spec.with_partial(axes), eqn.outputs[0].shape)
+    out = Local(val, op_spec.with_partial(ctx.new_partial(axes)), eqn.outputs[0].shape)
     return [out]
 
 
@@ -165,31 +158,77 @@ def split_lookup_dim(eqn, operand: Local):
     return d
 
 
-def masked_lookup(ctx, eqn, operand: Local, indices: Local, d: int, target):
-    """Each device looks up the rows it holds (others read as zero): partial over the table's axes."""
+def split_lookup(ctx, eqn, operand: Local, indices: Local, d: int, target) -> Local:
+    """Lookup from a table split on dim `d` over axes A: the ids (and so the result's batch dims)
+    are replicated over A, each device looks up the rows it holds, and the result is a partial
+    sum over A (reduced lazily; a ReduceScatter when the consumer splits it over A)."""
+    axes = operand.spec.dims[d]
+    batch = _gather_batch_dims(eqn)
+    dims = [tuple(a for a in target.dims[i] if a not in axes) if i in batch else ()
+            for i in range(len(target.dims))]
+    idx_dims = [dims[i] for i in batch] + [()]
+    indices = ctx.reshard(indices, ShardingSpec(tuple(idx_dims[:indices.rank])), "lookup ids")
+    val = masked_lookup(ctx, eqn, operand, indices, d)
+    out = Local(val, ShardingSpec(tuple(dims), ctx.new_partial(axes)), eqn.outputs[0].shape)
+    keep = target.with_partial(axes) if not set(axes) & set(target.used_axes()) else target
+    return ctx.reshard(out, keep, "lookup result (a partial sum over the table's split)")
+
+
+def masked_lookup(ctx, eqn, operand: Local, indices: Local, d: int):
+    """Each device looks up the rows of dim `d` it holds; others read as zero. Out-of-range ids
+    follow the gather's mode: clipped, or the fill value (counted on one device of the split)."""
     axes = operand.spec.dims[d]
     operand = ctx.reshard(operand, ShardingSpec.replicated(operand.rank).with_dim(d, axes),
                           "lookup table keeps its split")
     L, n = operand.val.shape[d], operand.shape[d]
-    local = indices.val - (ctx.shard_index(axes) * L).astype(indices.dtype)
-    ok = (local >= 0) & (local < L) & (indices.val < n)  # [..., 1]
+    ids, mode = indices.val, eqn.params["mode"]
+    fill = mode == GatherScatterMode.FILL_OR_DROP
+    if not fill:  # CLIP / PROMISE_IN_BOUNDS: an out-of-range id reads the nearest row
+        ids = jnp.clip(ids, 0, n - 1)
+    local = ids - (ctx.shard_index(axes) * L).astype(ids.dtype)
     val = eqn.prim.bind(operand.val, jnp.clip(local, 0, L - 1), **eqn.params)
-    ok = jnp.all(ok, axis=-1)
     batch = _gather_batch_dims(eqn)
-    mask = jnp.expand_dims(ok, [i for i in range(val.ndim) if i not in batch])
-    val = jnp.where(mask, val, jnp.zeros_like(val))
-    spec = ShardingSpec(tuple(target.dims[i] if i in batch else () for i in range(val.ndim)), axes)
-    return Local(val, spec, eqn.outputs[0].shape)
+    expand = [i for i in range(val.ndim) if i not in batch]
+    ok = (local >= 0) & (local < L) & (ids >= 0) & (ids < n)  # never a padding row
+    mine = jnp.expand_dims(jnp.all(ok, axis=-1), expand)
+    val = jnp.where(mine, val, jnp.zeros_like(val))
+    if fill:
+        oob = jnp.expand_dims(jnp.any((ids < 0) | (ids >= n), axis=-1), expand)
+        first = ctx.shard_index(axes) == 0
+        val = jnp.where(oob & first, _fill_value(eqn, val.dtype), val)
+    return val
+
+
+def _fill_value(eqn, dtype):
+    v = eqn.params.get("fill_value")
+    if v is not None:
+        return jnp.asarray(v, dtype)
+    if jnp.issubdtype(dtype, jnp.inexact):
+        return jnp.asarray(jnp.nan, dtype)
+    if dtype == jnp.bool_:
+        return jnp.asarray(True)
+    info = jnp.iinfo(dtype)
+    return jnp.asarray(info.min if jnp.issubdtype(dtype, jnp.signedinteger) else info.max, dtype)
 
 
 # ----- dynamic_slice / dynamic_update_slice: sliced dims whole, full-extent dims pass -----------
 def _full_dims(eqn) -> list[bool]:
-    shape = eqn.inputs[0].shape
+    return [n == s for n, s in zip(eqn.inputs[0].shape, _window(eqn))]
+
+
+def _window(eqn) -> tuple:
     if eqn.prim is P.dynamic_slice_p:
-        sizes = eqn.params["slice_sizes"]
-    else:
-        sizes = eqn.inputs[1].shape
-    return [n == s for n, s in zip(shape, sizes)]
+        return tuple(eqn.params["slice_sizes"])
+    return tuple(eqn.inputs[1].shape)
+
+
+def _clamped(starts, shape, window, full) -> list:
+    """Start indices clamped into range here, as XLA would: the emitted program never relies on
+    XLA's clamp (XLA:CPU folds a dynamic_slice of a dynamic_slice with the wrong bound)."""
+    out = []
+    for s, n, w, f in zip(starts, shape, window, full):
+        out.append(jnp.zeros_like(s) if f else jnp.clip(s, 0, n - w).astype(s.dtype))
+    return out
 
 
 def _keep(spec, full):
@@ -206,10 +245,7 @@ def prop_dynamic(eqn, ins, outs, mesh):
     return props, [fwd]
 
 
-register_prop([P.dynamic_slice_p, P.dynamic_update_slice_p], prop_dynamic, fwd_level=1)
-
-
-@register_part([P.dynamic_slice_p, P.dynamic_update_slice_p])
+@rule([P.dynamic_slice_p, P.dynamic_update_slice_p], prop=prop_dynamic)
 def part_dynamic(ctx, eqn, ins, targets):
     full = _full_dims(eqn)
     want = _keep(targets[0], full)
@@ -217,7 +253,7 @@ def part_dynamic(ctx, eqn, ins, targets):
     n_arrays = 2 if is_update else 1
     arrays = [ctx.reshard(x, want, f"{eqn.prim.name}: sliced dims whole") for x in ins[:n_arrays]]
     starts = [ctx.reshard(s, ShardingSpec.replicated(0), "slice start").val for s in ins[n_arrays:]]
-    starts = [jnp.zeros_like(s) if f else s for s, f in zip(starts, full)]
+    starts = _clamped(starts, eqn.inputs[0].shape, _window(eqn), full)
     params = dict(eqn.params)
     if not is_update:
         local = want.local_shape(eqn.outputs[0].shape, ctx.sizes)
@@ -249,10 +285,9 @@ def prop_along(eqn, ins, outs, mesh):
 
 
 ALONG = [p for p in (P.sort_p, P.top_k_p, SPLIT) if p is not None]
-register_prop(ALONG, prop_along, fwd_level=1)
 
 
-@register_part(ALONG)
+@rule(ALONG, prop=prop_along)
 def part_along(ctx, eqn, ins, targets):
     d = _along(eqn)
     want = targets[0].drop_partial().with_dim(d, ())
@@ -266,5 +301,4 @@ def part_along(ctx, eqn, ins, targets):
 # ----- other scatters: computed whole, then sliced (reported as full replication) --------------
 WHOLE = [p for p in (getattr(P, f"{n}_p", None) for n in ("scatter", "scatter_mul", "scatter_min",
                                                           "scatter_max")) if p is not None]
-register_prop(WHOLE, prop_none, fwd_level=1)
-register_part(WHOLE)(part_whole)
+rule(WHOLE, prop=prop_none)(part_whole)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from jax.extend.core import jaxpr_as_fun, ClosedJaxpr
 
 from ..compat import primitive
-from ..propagate.engine import register as register_prop
+from ..registry import rule
 from ..spec import ShardingSpec
 from ..spmd.local import Local
-from ..spmd.table import register as register_part
 
 SHARD_MAP = primitive("shard_map")
 
@@ -40,6 +39,4 @@ def part_manual(ctx, eqn, ins, targets):
     return [Local(v, s, o.shape) for v, s, o in zip(outs, out_specs, eqn.outputs)]
 
 
-if SHARD_MAP is not None:
-    register_prop(SHARD_MAP, prop_manual, fwd_level=0)
-    register_part(SHARD_MAP)(part_manual)
+rule(SHARD_MAP, prop=prop_manual, fwd_level=0)(part_manual)

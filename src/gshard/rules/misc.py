@@ -9,10 +9,9 @@ import jax.numpy as jnp
 from jax.extend.core import primitives as P
 
 from ..compat import primitive
-from ..propagate.engine import register as register_prop
+from ..registry import rule
 from ..spec import ShardingSpec
 from ..spmd.local import Local
-from ..spmd.table import register as register_part
 from .elementwise import merge
 
 STACK, UNSTACK = primitive("stack"), primitive("unstack")
@@ -34,7 +33,7 @@ def prop_stack(eqn, ins, outs, mesh):
     return [bwd] * len(ins), [_insert(merged, axis)]
 
 
-@register_part(STACK)
+@rule(STACK, prop=prop_stack, fwd_level=0)
 def part_stack(ctx, eqn, ins, targets):
     axis, t = eqn.params["axis"], targets[0]
     want = ShardingSpec(t.dims[:axis] + t.dims[axis + 1:])
@@ -51,7 +50,7 @@ def prop_unstack(eqn, ins, outs, mesh):
     return [_insert(merged, axis)], [fwd] * len(eqn.outputs)
 
 
-@register_part(UNSTACK)
+@rule(UNSTACK, prop=prop_unstack, fwd_level=0)
 def part_unstack(ctx, eqn, ins, targets):
     axis, t = eqn.params["axis"], targets[0]
     x = ctx.reshard(ins[0], _insert(t, axis), "unstack operand")
@@ -59,10 +58,6 @@ def part_unstack(ctx, eqn, ins, targets):
     outs = [Local(v, t, o.shape) for v, o in zip(vals, eqn.outputs)]
     return [ctx.reshard(o, tt, "unstack result") for o, tt in zip(outs, targets)]
 
-
-for _p, _f in ((STACK, prop_stack), (UNSTACK, prop_unstack)):
-    if _p is not None:
-        register_prop(_p, _f, fwd_level=0)
 
 RANDOM = [p for p in (primitive(n) for n in (
     "random_seed", "random_wrap", "random_unwrap", "random_split", "random_fold_in", "random_bits",
@@ -73,10 +68,7 @@ def prop_none(eqn, ins, outs, mesh):
     return [None] * len(ins), [None] * len(eqn.outputs)
 
 
-register_prop(RANDOM, prop_none, fwd_level=1)
-
-
-@register_part(RANDOM)
+@rule(RANDOM, prop=prop_none)
 def part_whole(ctx, eqn, ins, targets):
     """Compute on whole (replicated) operands, then slice each result to its target spec."""
     vals = [ctx.reshard(x, ShardingSpec.replicated(x.rank), f"{eqn.prim.name} needs whole operands").val
@@ -88,3 +80,8 @@ def part_whole(ctx, eqn, ins, targets):
         whole = Local(o, ShardingSpec.replicated(len(v.shape)), v.shape)
         res.append(ctx.reshard(whole, t, f"{eqn.prim.name} result sliced to its spec"))
     return res
+
+
+# ----- operand-free values autodiff emits (cond's unused residual slots): made locally ---------
+CONSTANT = [p for p in (primitive("empty2"),) if p is not None]
+rule(CONSTANT, prop=prop_none)(part_whole)

@@ -11,10 +11,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend.core import primitives as P
 
-from .. import collectives as coll
 from ..spmd.local import Local
-from ..spmd.table import register as register_part
-from ..propagate.engine import register as register_prop
+from ..registry import rule
 from ..spec import ShardingSpec
 
 REDUCE = [P.reduce_sum_p, P.reduce_max_p, P.reduce_min_p, P.reduce_prod_p, P.reduce_and_p,
@@ -37,10 +35,6 @@ def prop_reduce(eqn, ins, outs, mesh):
 
 def prop_same(eqn, ins, outs, mesh):
     return [outs[0]], [ins[0]]
-
-
-register_prop(REDUCE, prop_reduce, fwd_level=1)
-register_prop(CUMULATIVE, prop_same, fwd_level=1)
 
 
 def _identity(name, dtype):
@@ -75,8 +69,8 @@ def _reduced_axes(x: Local, axes):
     return tuple(a for d in axes for a in x.spec.dims[d])
 
 
-@register_part([P.reduce_sum_p, P.reduce_max_p, P.reduce_min_p, P.reduce_prod_p,
-                P.reduce_and_p, P.reduce_or_p])
+@rule([P.reduce_sum_p, P.reduce_max_p, P.reduce_min_p, P.reduce_prod_p,
+       P.reduce_and_p, P.reduce_or_p], prop=prop_reduce)
 def part_reduce(ctx, eqn, ins, targets):
     name = eqn.prim.name.split("_")[1]
     axes = tuple(eqn.params["axes"])
@@ -86,7 +80,7 @@ def part_reduce(ctx, eqn, ins, targets):
     split = _reduced_axes(x, axes)
     spec = targets[0]
     if name == "sum":
-        return [Local(val, spec.with_partial(x.spec.partial + split), eqn.outputs[0].shape)]
+        return [Local(val, spec.with_partial(x.spec.partial + ctx.new_partial(split)), eqn.outputs[0].shape)]
     if split:
         val = _cross_reduce(ctx, val, split, name)
     return [Local(val, spec, eqn.outputs[0].shape)]
@@ -95,14 +89,14 @@ def part_reduce(ctx, eqn, ins, targets):
 def _cross_reduce(ctx, val, axes, name):
     why = f"reduce_{name} over a split dim"
     if name in ("max", "or"):
-        return coll.all_reduce(ctx.rec, val, axes, why, op="max")
+        return ctx.all_reduce(val, axes, why, op="max")
     if name in ("min", "and"):
-        return coll.all_reduce(ctx.rec, val, axes, why, op="min")
-    parts = coll.all_gather(ctx.rec, val[None], axes, 0, why)  # [k, ...] one per shard
+        return ctx.all_reduce(val, axes, why, op="min")
+    parts = ctx.all_gather(val[None], axes, 0, why)  # [k, ...] one per shard
     return jnp.prod(parts, axis=0).astype(val.dtype)
 
 
-@register_part([P.argmax_p, P.argmin_p])
+@rule([P.argmax_p, P.argmin_p], prop=prop_reduce)
 def part_argminmax(ctx, eqn, ins, targets):
     (axis,) = eqn.params["axes"]
     is_max = eqn.prim is P.argmax_p
@@ -113,9 +107,9 @@ def part_argminmax(ctx, eqn, ins, targets):
     if split:
         val = jnp.take_along_axis(x.val, jnp.expand_dims(idx, axis), axis=axis).squeeze(axis)
         gidx = idx + (ctx.shard_index(split) * x.val.shape[axis]).astype(idx.dtype)
-        best = coll.all_reduce(ctx.rec, val, split, "arg-reduction value", op="max" if is_max else "min")
+        best = ctx.all_reduce(val, split, "arg-reduction value", op="max" if is_max else "min")
         big = jnp.iinfo(idx.dtype).max
-        idx = coll.all_reduce(ctx.rec, jnp.where(val == best, gidx, big), split,
+        idx = ctx.all_reduce(jnp.where(val == best, gidx, big), split,
                               "arg-reduction index (first of the best)", op="min")
     return [Local(idx, targets[0], eqn.outputs[0].shape)]
 
@@ -128,7 +122,7 @@ _IDENT = {"cumsum": "sum", "cumprod": "prod", "cummax": "max", "cummin": "min",
           "cumlogsumexp": "logsumexp"}
 
 
-@register_part(CUMULATIVE)
+@rule(CUMULATIVE, prop=prop_same)
 def part_cumulative(ctx, eqn, ins, targets):
     name, axis, reverse = eqn.prim.name, eqn.params["axis"], eqn.params["reverse"]
     x = ctx.reshard(ins[0], targets[0], "prefix-op operand")
@@ -143,7 +137,7 @@ def part_cumulative(ctx, eqn, ins, targets):
 def _carry(ctx, val, axis, reverse, split, name):
     """Combine each shard's local scan with the totals of the shards before it."""
     total = lax.index_in_dim(val, 0 if reverse else val.shape[axis] - 1, axis, keepdims=True)
-    totals = coll.all_gather(ctx.rec, total[None], split, 0, f"{name} carry across shards")
+    totals = ctx.all_gather(total[None], split, 0, f"{name} carry across shards")
     me = ctx.shard_index(split)
     j = lax.broadcasted_iota(jnp.int32, totals.shape, 0)
     before = (j > me) if reverse else (j < me)

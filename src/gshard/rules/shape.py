@@ -14,8 +14,7 @@ from jax import lax
 from jax.extend.core import primitives as P
 
 from ..spmd.local import Local
-from ..spmd.table import register as register_part
-from ..propagate.engine import register as register_prop
+from ..registry import rule
 from ..spec import ShardingSpec
 
 
@@ -80,10 +79,7 @@ def prop_reshape(eqn, ins, outs, mesh):
     return [bwd] + [None] * (len(eqn.inputs) - 1), [fwd]
 
 
-register_prop([P.reshape_p, P.squeeze_p], prop_reshape, fwd_level=0)
-
-
-@register_part([P.reshape_p, P.squeeze_p])
+@rule([P.reshape_p, P.squeeze_p], prop=prop_reshape, fwd_level=0)
 def part_reshape(ctx, eqn, ins, targets):
     x, src, dst = ins[0], eqn.inputs[0].shape, eqn.outputs[0].shape
     want_in = map_reshape(targets[0], dst, src, ctx.sizes)[0]
@@ -107,10 +103,7 @@ def prop_transpose(eqn, ins, outs, mesh):
     return [bwd], [fwd]
 
 
-register_prop(P.transpose_p, prop_transpose, fwd_level=0)
-
-
-@register_part(P.transpose_p)
+@rule(P.transpose_p, prop=prop_transpose, fwd_level=0)
 def part_transpose(ctx, eqn, ins, targets):
     perm, t = eqn.params["permutation"], targets[0]
     dims = [()] * len(perm)
@@ -154,10 +147,7 @@ def _broadcast_levels(eqn) -> tuple[int, int]:
     return (0, 0) if _is_expand(eqn) else (3, 2)
 
 
-register_prop(P.broadcast_in_dim_p, prop_broadcast, levels=_broadcast_levels)
-
-
-@register_part(P.broadcast_in_dim_p)
+@rule(P.broadcast_in_dim_p, prop=prop_broadcast, levels=_broadcast_levels)
 def part_broadcast(ctx, eqn, ins, targets):
     t, x = targets[0], ins[0]
     dims = [()] * x.rank
@@ -201,10 +191,9 @@ def prop_moving(eqn, ins, outs, mesh):
 
 
 MOVING = [P.concatenate_p, P.slice_p, P.pad_p, P.rev_p]
-register_prop(MOVING, prop_moving, fwd_level=1)
 
 
-@register_part(MOVING)
+@rule(MOVING, prop=prop_moving)
 def part_moving(ctx, eqn, ins, targets):
     moving = _moving_dims(eqn)
     rank = len(eqn.outputs[0].shape)
@@ -222,10 +211,11 @@ def part_moving(ctx, eqn, ins, targets):
 
 
 # ----- iota -------------------------------------------------------------------------------------
-register_prop(P.iota_p, lambda eqn, ins, outs, mesh: ([], [None]), fwd_level=0)
+def prop_iota(eqn, ins, outs, mesh):
+    return [], [None]
 
 
-@register_part(P.iota_p)
+@rule(P.iota_p, prop=prop_iota, fwd_level=0)
 def part_iota(ctx, eqn, ins, targets):
     t, p = targets[0], eqn.params
     local = t.local_shape(p["shape"], ctx.sizes)

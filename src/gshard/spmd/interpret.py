@@ -5,12 +5,11 @@ from dataclasses import replace
 
 import jax.numpy as jnp
 
-from .. import collectives as coll
 from ..propagate.engine import Propagation
 from ..spec import ShardingSpec
 from ..trace.graph import Graph, Lit, Value
 from .local import Ctx, Local
-from .table import RULES
+from ..registry import RULES
 
 
 def literal(x: Lit) -> Local:
@@ -41,18 +40,45 @@ def combine_partials(ctx: Ctx, locs: list, targets: list) -> list:
         if len(idx) < 2:
             continue
         why = f"partial sums from {locs[idx[0]].origin or 'the program'} and others, at the output"
-        vals = coll.all_reduce_many(ctx.rec, [locs[i].val for i in idx], axes, why)
+        vals = ctx.all_reduce_many([locs[i].val for i in idx], axes, why)
         for i, v in zip(idx, vals):
             out[i] = Local(v, locs[i].spec.with_partial(()), locs[i].shape)
     return out
 
 
+class InvariantError(AssertionError):
+    """A partition rule broke an invariant of the per-device program (a gshard bug)."""
+
+
+def check_results(ctx: Ctx, eqn, outs: list) -> None:
+    """Every result has its spec's local shape and dtype, and is a partial sum only over axes an
+    operand was partial over or the rule itself contracted: a reduced value never stays partial,
+    so every partial sum is reduced exactly once."""
+    if len(outs) != len(eqn.outputs):
+        raise InvariantError(f"rule for {eqn.prim.name} at {eqn.where} returned {len(outs)} results")
+    allowed = ctx.allowed_partial(eqn)
+    for o, loc in zip(eqn.outputs, outs):
+        want = loc.spec.local_shape(o.shape, ctx.sizes)
+        if tuple(loc.val.shape) != want or loc.shape != o.shape or loc.val.dtype != o.aval.dtype:
+            raise InvariantError(
+                f"rule for {eqn.prim.name} at {eqn.where}: local {loc.val.dtype}{list(loc.val.shape)} "
+                f"for spec {loc.spec} of {o.aval.str_short()} (expected local {list(want)})")
+        extra = set(loc.spec.partial) - allowed
+        if extra:
+            raise InvariantError(
+                f"rule for {eqn.prim.name} at {eqn.where} marks its result partial over {sorted(extra)} "
+                f"but no operand it used was partial there: that sum would be reduced twice")
+
+
 def run_sub(ctx: Ctx, graph: Graph, ins: list) -> list:
     """Run a loop or branch body on Locals bound to its inputs; returns its output Locals."""
     env = dict(zip(graph.invars, ins))
+    outer = ctx.eqn
     with ctx.scope():
         read = run_eqns(ctx, graph, env, ctx.prop)
-        return [read(x) for x in graph.outvars]
+        outs = [read(x) for x in graph.outvars]
+    ctx.at(outer)  # back to the loop / branch equation for what its rule does next
+    return outs
 
 
 def run_eqns(ctx: Ctx, graph: Graph, env: dict, prop: Propagation):
@@ -66,7 +92,8 @@ def run_eqns(ctx: Ctx, graph: Graph, env: dict, prop: Propagation):
     for eqn in graph.eqns:
         ins = [read(x) for x in eqn.inputs]
         targets = [prop.spec(o) for o in eqn.outputs]
-        outs = RULES[eqn.prim](ctx.at(eqn), eqn, ins, targets)
+        outs = RULES[eqn.prim].part(ctx.begin(eqn), eqn, ins, targets)
+        check_results(ctx, eqn, outs)
         for o, loc in zip(eqn.outputs, outs):
             if loc.spec.partial and not loc.origin:
                 inherited = [i.origin for i in ins if i.spec.partial and i.origin]

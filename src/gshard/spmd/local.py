@@ -39,6 +39,8 @@ class Ctx:
         self.rec = recorder
         self.eqn = None
         self._memo: dict = {}  # (id(Local), spec) -> (Local, resharded Local): one reshard per value
+        self._fed: dict = {}   # id(eqn) -> partial axes of the operands its rule was given
+        self._made: dict = {}  # id(eqn) -> partial axes its rule created (contracted splits)
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -58,10 +60,25 @@ class Ctx:
         self.rec.source = eqn.where if eqn is not None else "<program output>"
         return self
 
+    def begin(self, eqn):
+        """Start the partition rule of `eqn`: fresh operand / created partial-sum records."""
+        self._fed[id(eqn)], self._made[id(eqn)] = set(), set()
+        return self.at(eqn)
+
+    def new_partial(self, axes) -> tuple[str, ...]:
+        """Declare that the current rule makes its result a partial sum over `axes`."""
+        self._made.setdefault(id(self.eqn), set()).update(axes)
+        return tuple(axes)
+
+    def allowed_partial(self, eqn) -> set:
+        """Axes a result of `eqn` may be partial over: an operand's, or ones its rule made."""
+        return self._fed.get(id(eqn), set()) | self._made.get(id(eqn), set())
+
     def reshard(self, x: Local, spec: ShardingSpec, reason: str = "") -> Local:
         from .reshard import reshard
         if set(spec.partial) & set(spec.used_axes()):  # a split axis cannot stay unreduced
             spec = spec.with_partial(tuple(a for a in spec.partial if a not in spec.used_axes()))
+        self._fed.setdefault(id(self.eqn), set()).update(spec.partial)
         if x.spec == spec:
             return x
         key = (id(x), spec)
@@ -71,6 +88,25 @@ class Ctx:
 
     def shard_index(self, axes) -> Any:
         return coll.axis_index(axes)
+
+    # ----- collectives: the only way a rule communicates ----------------------------------------
+    def all_reduce(self, val, axes, why: str, op: str = "sum"):
+        return coll.all_reduce(self.rec, val, tuple(axes), why, op=op)
+
+    def all_reduce_many(self, vals: list, axes, why: str) -> list:
+        return coll.all_reduce_many(self.rec, vals, tuple(axes), why)
+
+    def all_gather(self, val, axes, dim: int, why: str, *, full=False, whole=False):
+        return coll.all_gather(self.rec, val, tuple(axes), dim, why, full=full, whole=whole)
+
+    def reduce_scatter(self, val, axes, dim: int, why: str):
+        return coll.reduce_scatter(self.rec, val, tuple(axes), dim, why)
+
+    def all_to_all(self, val, axes, split_dim: int, concat_dim: int, why: str):
+        return coll.all_to_all(self.rec, val, tuple(axes), split_dim, concat_dim, why)
+
+    def collective_permute(self, val, axes, perm, why: str):
+        return coll.collective_permute(self.rec, val, tuple(axes), perm, why)
 
     def valid_mask(self, x: Local, dims) -> Any:
         """Bool array of x's local shape: False at padding positions of the uneven `dims`."""

@@ -6,11 +6,13 @@ rules recurse into their bodies. Dead equations are dropped.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import jax
+from jax.extend.core import primitives as P
 from jax.extend import core as jcore
 
 from ..errors import source_line
@@ -88,7 +90,7 @@ def trace(fn: Callable, *avals) -> tuple[Graph, Any]:
     return dce(graph), out_shape
 
 
-def from_closed_jaxpr(closed) -> Graph:
+def from_closed_jaxpr(closed, outer_src=None) -> Graph:
     env: dict = {}
     consts: dict = {}
     for v, c in zip(closed.jaxpr.constvars, closed.consts):
@@ -96,7 +98,7 @@ def from_closed_jaxpr(closed) -> Graph:
         consts[env[v]] = c
     invars = [env.setdefault(v, Value(v.aval)) for v in closed.jaxpr.invars]
     eqns: list = []
-    outs = _inline(closed.jaxpr, env, eqns, consts)
+    outs = _inline(closed.jaxpr, env, eqns, consts, outer_src)
     return Graph(invars, outs, eqns, consts)
 
 
@@ -115,12 +117,15 @@ def _has_user_frame(source_info) -> bool:
 
 
 def _inline(jaxpr, env, eqns, consts, outer_src=None):
+    near = outer_src  # the user's line for equations JAX emitted with none of their own
     for e in jaxpr.eqns:
         ins = [_atom(env, a) for a in e.invars]
         key = INLINE.get(e.primitive.name)
         src = e.source_info
-        if outer_src is not None and not _has_user_frame(src):
-            src = outer_src  # a cached inner trace: point at the user's call instead
+        if _has_user_frame(src):
+            near = src if outer_src is None else near
+        elif near is not None:
+            src = near  # a cached inner trace or an internal op: point at the user's call
         if key is not None and key in e.params:
             outs = _inline_call(e.params[key], ins, eqns, consts, src)
             for v, o in zip(e.outvars, outs):
@@ -129,9 +134,22 @@ def _inline(jaxpr, env, eqns, consts, outer_src=None):
         outs = [Value(v.aval) for v in e.outvars]
         for v, o in zip(e.outvars, outs):
             env[v] = o
-        subs = [dce(from_closed_jaxpr(j)) for j in _bodies(e)]
-        eqns.append(Eqn(len(eqns), e.primitive, ins, outs, dict(e.params), src, subs))
+        subs = [dce(from_closed_jaxpr(j, src)) for j in _bodies(e)]
+        for eqn in _canonical(e.primitive, ins, outs, dict(e.params), src, subs):
+            eqns.append(dataclasses.replace(eqn, index=len(eqns)))
     return [_atom(env, a) for a in jaxpr.outvars]
+
+
+def _canonical(prim, ins, outs, params, src, subs) -> list:
+    """The equation in the forms the rules know: `reshape(x, dimensions=perm)` is a transpose
+    by `perm` followed by a plain reshape (JAX's grouped-convolution gradients emit it)."""
+    if prim is P.reshape_p and params.get("dimensions") is not None:
+        perm = tuple(params["dimensions"])
+        x = ins[0]
+        moved = Value(x.aval.update(shape=tuple(x.shape[p] for p in perm)))
+        return [Eqn(0, P.transpose_p, [x], [moved], {"permutation": perm}, src),
+                Eqn(0, prim, [moved], outs, dict(params, dimensions=None), src)]
+    return [Eqn(0, prim, ins, outs, params, src, subs)]
 
 
 def _bodies(e) -> list:
