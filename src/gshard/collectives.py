@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "collective_permute")
 
@@ -75,12 +76,22 @@ def all_reduce(rec: Recorder, x, axes, reason, op="sum"):
 
 
 def all_reduce_many(rec: Recorder, xs: list, axes, reason) -> list:
-    """One combined AllReduce (sum) of several arrays over the same axes."""
-    total = sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in xs)
-    rec.records.append(Collective("all_reduce", tuple(axes), int(total), rec.source,
-                                  f"{reason} ({len(xs)} arrays combined)", tuple(xs[0].shape),
-                                  str(xs[0].dtype), "sum"))
-    return list(jax.lax.psum(list(xs), _name(tuple(axes))))
+    """One AllReduce (sum) of several arrays over the same axes: flattened into one buffer per
+    dtype, reduced once, split back."""
+    out: list = [None] * len(xs)
+    by_dtype: dict = {}
+    for i, x in enumerate(xs):
+        by_dtype.setdefault(jnp.dtype(x.dtype), []).append(i)
+    for dtype, idx in by_dtype.items():
+        flat = jnp.concatenate([jnp.ravel(xs[i]) for i in idx])  # [sum of sizes]
+        rec.records.append(Collective("all_reduce", tuple(axes), int(flat.size * dtype.itemsize),
+                                      rec.source, f"{reason} ({len(idx)} arrays combined)",
+                                      tuple(flat.shape), str(dtype), "sum"))
+        total = jax.lax.psum(flat, _name(tuple(axes)))
+        offsets = np.cumsum([0] + [math.prod(xs[i].shape) for i in idx])
+        for k, i in enumerate(idx):
+            out[i] = total[offsets[k]:offsets[k + 1]].reshape(xs[i].shape)
+    return out
 
 
 def all_gather(rec: Recorder, x, axes, dim, reason, *, full=False, whole=False):

@@ -14,6 +14,7 @@ SUBCOMMANDS = {  # name -> module with add_parser(subparsers) and run(args)
     "train": "gshard.cli.train_cmd",
     "eval": "gshard.cli.eval_cmd",
     "translate": "gshard.cli.translate_cmd",
+    "fuzz": "gshard.cli.fuzz_cmd",
 }
 
 

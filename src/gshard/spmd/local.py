@@ -106,7 +106,13 @@ class Ctx:
         return coll.all_to_all(self.rec, val, tuple(axes), split_dim, concat_dim, why)
 
     def collective_permute(self, val, axes, perm, why: str):
-        return coll.collective_permute(self.rec, val, tuple(axes), perm, why)
+        """`perm`: (source, destination) pairs of linear indices over `axes` in the given order
+        (as axis_index numbers them); ppermute numbers devices in mesh order, so re-index."""
+        order = tuple(a for a in self.mesh.names if a in set(axes))
+        if order != tuple(axes):
+            perm = [(_reindex(s, axes, order, self.sizes), _reindex(d, axes, order, self.sizes))
+                    for s, d in perm]
+        return coll.collective_permute(self.rec, val, order, perm, why)
 
     def valid_mask(self, x: Local, dims) -> Any:
         """Bool array of x's local shape: False at padding positions of the uneven `dims`."""
@@ -126,6 +132,17 @@ class Ctx:
         if mask is None:
             return x
         return Local(jnp.where(mask, x.val, jnp.asarray(fill, x.dtype)), x.spec, x.shape)
+
+
+def _reindex(i: int, axes, order, sizes) -> int:
+    """Linear index `i` over `axes` (first major) as a linear index over `order`."""
+    coords = {}
+    for a in reversed(tuple(axes)):
+        i, coords[a] = divmod(i, sizes[a])
+    out = 0
+    for a in order:
+        out = out * sizes[a] + coords[a]
+    return out
 
 
 def uneven(x: Local, sizes, dims=None) -> tuple[int, ...]:

@@ -1,0 +1,118 @@
+"""Run one program partitioned and unpartitioned and classify the outcome.
+
+Classes: "ok"; "wrong" (gshard differs from both `jax.jit` and eager execution); "xla_reference"
+(gshard agrees with eager but not with `jax.jit`: XLA's own bug in the reference); "unstable"
+(jit and eager disagree with each other beyond tolerance: a numerically fragile program, no
+verdict); "refused" (a GShardError: checked to name the user's line); "crash" (any other error in
+gshard, internal invariants included); "invalid" (JAX itself rejects the program).
+"""
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from collections import Counter
+
+import jax
+import numpy as np
+
+import gshard
+from gshard.errors import GShardError
+
+from .program import Program
+
+RTOL = ATOL = 2e-3
+COLLECTIVE_PRIMS = {"psum", "pmax", "pmin", "all_gather", "reduce_scatter", "all_to_all", "ppermute",
+                    "psum_scatter", "psum_invariant", "pmax_p", "all_gather_invariant"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    klass: str
+    detail: str = ""
+
+
+def run_case(prog: Program) -> Outcome:
+    try:
+        target, args, mesh = prog.build()
+        ref = jax.jit(target)(*args)
+        jax.block_until_ready(ref)
+    except Exception as e:  # noqa: BLE001
+        return Outcome("invalid", f"{type(e).__name__}: {e}"[:2000])
+    try:
+        pf = gshard.partition(target, mesh)
+        got = pf(*args)
+        low = pf.lower(*args)
+    except GShardError as e:
+        return _refused(e)
+    except Exception as e:  # noqa: BLE001
+        return Outcome("crash", "".join(traceback.format_exception(e))[-4000:])
+    err = mismatch(got, ref)
+    if err:
+        return _verdict(target, args, got, ref, err)
+    bad = collective_records_mismatch(low)
+    return Outcome("crash", bad) if bad else Outcome("ok")
+
+
+def _refused(e: GShardError) -> Outcome:
+    msg = str(e)
+    if "\n  at " not in msg or "<unknown>" in msg or msg.rstrip().endswith("at"):
+        return Outcome("crash", f"refusal without the user's line: {msg}")
+    return Outcome("refused", msg)
+
+
+def _verdict(target, args, got, ref, err: str) -> Outcome:
+    with jax.disable_jit():
+        try:
+            eager = target(*args)
+        except Exception as e:  # noqa: BLE001
+            return Outcome("wrong", f"{err} (eager failed: {e})")
+    if mismatch(eager, ref) and mismatch(got, eager):
+        return Outcome("unstable", f"jit and eager disagree: {mismatch(eager, ref)}; gshard: {err}")
+    if not mismatch(got, eager):
+        return Outcome("xla_reference", f"gshard == eager, jax.jit differs: {err}")
+    return Outcome("wrong", err)
+
+
+def mismatch(got, ref) -> str:
+    """'' when every leaf matches (NaNs at the same places), else what differs."""
+    a_leaves, b_leaves = jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)
+    if len(a_leaves) != len(b_leaves):
+        return f"{len(a_leaves)} outputs, expected {len(b_leaves)}"
+    for k, (a, b) in enumerate(zip(a_leaves, b_leaves)):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return f"output {k}: {a.dtype}{list(a.shape)} vs {b.dtype}{list(b.shape)}"
+        if not np.issubdtype(b.dtype, np.floating):
+            if not np.array_equal(a, b):
+                return f"output {k}: {int(np.sum(a != b))} of {b.size} elements differ"
+            continue
+        x, y = a.astype(np.float64), b.astype(np.float64)
+        nan = np.isnan(x) | np.isnan(y)
+        if np.any(np.isnan(x) != np.isnan(y)):
+            return f"output {k}: NaN at different places"
+        fin = np.where(nan, 0, y)
+        scale = max(1.0, float(np.max(np.abs(fin[np.isfinite(fin)]), initial=0.0)))
+        diff = np.where(nan | (x == y), 0.0, np.abs(x - y))
+        bad = diff > ATOL * scale + RTOL * np.abs(fin)
+        if np.any(bad):
+            return f"output {k}: max error {float(np.max(diff)):.4g} (scale {scale:.3g})"
+    return ""
+
+
+def collective_records_mismatch(low) -> str:
+    """'' when `low.collectives` names exactly the collectives of the per-device program."""
+    seen = Counter()
+    _count(low.per_device_jaxpr.jaxpr, seen)
+    if sum(seen.values()) != len(low.collectives):
+        return (f"per-device program has {sum(seen.values())} collectives ({dict(seen)}) but "
+                f"{len(low.collectives)} are recorded")
+    return ""
+
+
+def _count(jaxpr, seen: Counter):
+    from jax.extend.core import jaxprs_in_params
+    for e in jaxpr.eqns:
+        if e.primitive.name in COLLECTIVE_PRIMS:
+            seen[e.primitive.name] += 1
+        for sub in jaxprs_in_params(e.params):
+            _count(sub, seen)

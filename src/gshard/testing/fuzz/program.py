@@ -1,0 +1,165 @@
+"""A random annotated program as data: inputs, one statement per op, outputs; rendered as source.
+
+The rendered source is the single truth: the runner executes it, the shrinker edits the op list
+and renders again, and a failure is written out as the same text in a standalone script.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+import gshard
+
+MESHES = {"8": (8,), "2x4": (2, 4), "4x2": (4, 2), "2x2x2": (2, 2, 2)}
+AXES = {1: ("x",), 2: ("data", "model"), 3: ("a", "b", "c")}
+DTYPES = {"f32": jnp.float32, "i32": jnp.int32, "bool": jnp.bool_}
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # "f32" | "i32" | "bool"
+    lo: int = 0  # int inputs: values drawn from [lo, hi)
+    hi: int = 1
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One statement `outs = fmt.format(*args)`: `args` are the variable names it reads."""
+    family: str
+    fmt: str
+    args: tuple[str, ...]
+    outs: tuple[Var, ...]
+    annotation: bool = False
+
+    def line(self) -> str:
+        lhs = ", ".join(v.name for v in self.outs)
+        if len(self.outs) == 1:
+            return f"{lhs} = {self.fmt.format(*self.args)}"
+        return f"{lhs} = {self.fmt.format(*self.args)}"
+
+
+@dataclass(frozen=True)
+class Program:
+    mesh: str
+    inputs: tuple[Var, ...]
+    ops: tuple[Op, ...]
+    outputs: tuple[str, ...]
+    grad: bool = False
+    seed: int = 0
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    # ----- queries ------------------------------------------------------------------------------
+    def var(self, name: str) -> Var:
+        for v in self.inputs:
+            if v.name == name:
+                return v
+        for op in self.ops:
+            for v in op.outs:
+                if v.name == name:
+                    return v
+        raise KeyError(name)
+
+    def float_inputs(self) -> list[int]:
+        return [i for i, v in enumerate(self.inputs) if v.dtype == "f32"]
+
+    def families(self) -> list[str]:
+        return sorted({op.family for op in self.ops})
+
+    def replace(self, **kw) -> "Program":
+        return dataclasses.replace(self, **kw)
+
+    # ----- source -------------------------------------------------------------------------------
+    def body_source(self) -> str:
+        params = ", ".join(v.name for v in self.inputs)
+        lines = [f"def f({params}):"]
+        lines += [f"    {op.line()}" for op in self.ops]
+        lines.append(f"    return ({', '.join(self.outputs)},)")
+        return "\n".join(lines)
+
+    def args_source(self) -> str:
+        lines = [f"rng = np.random.default_rng({self.seed})"]
+        for v in self.inputs:
+            lines.append(f"{v.name} = {_input_expr(v)}")
+        lines.append(f"args = ({', '.join(v.name for v in self.inputs)},)")
+        return "\n".join(lines)
+
+    def target_source(self) -> str:
+        """`target`: the function compared (f, or value_and_grad of a loss of f's outputs)."""
+        if not self.grad:
+            return "target = f"
+        argnums = tuple(self.float_inputs())
+        return ("def loss(*a):\n"
+                "    outs = [o for o in f(*a) if jnp.issubdtype(o.dtype, jnp.floating)]\n"
+                "    return sum(jnp.sum(jnp.sin(o + 0.25 * k)) for k, o in enumerate(outs))\n"
+                f"target = jax.value_and_grad(loss, argnums={argnums})")
+
+    def mesh_source(self) -> str:
+        shape = MESHES[self.mesh]
+        return f"mesh = jax.make_mesh({shape}, {AXES[len(shape)]})"
+
+    # ----- execution ----------------------------------------------------------------------------
+    def build(self):
+        """(target function, args, mesh) from the rendered source."""
+        ns = namespace()
+        exec(self.body_source(), ns)  # noqa: S102 - our own generated program
+        exec(self.args_source(), ns)  # noqa: S102
+        exec(self.target_source(), ns)  # noqa: S102
+        exec(self.mesh_source(), ns)  # noqa: S102
+        return ns["target"], ns["args"], ns["mesh"]
+
+
+def namespace() -> dict:
+    return {"jax": jax, "jnp": jnp, "lax": lax, "np": np, "gshard": gshard}
+
+
+def _input_expr(v: Var) -> str:
+    shape = tuple(v.shape)
+    if v.dtype == "f32":
+        return f"rng.normal(size={shape}).astype(np.float32)"
+    if v.dtype == "i32":
+        return f"rng.integers({v.lo}, {v.hi}, size={shape}).astype(np.int32)"
+    return f"rng.random(size={shape}) < 0.5"
+
+
+SCRIPT = '''"""A program on which gshard.partition disagreed with the unpartitioned run ({klass}).
+
+{detail}
+Run: XLA_FLAGS=--xla_force_host_platform_device_count=8 python THIS_FILE
+"""
+import os
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+import gshard
+from gshard.testing import assert_close
+
+{body}
+
+{args}
+{target}
+{mesh}
+ref = jax.jit(target)(*args)
+got = gshard.partition(target, mesh)(*args)
+assert_close(got, ref, rtol=2e-3, atol=2e-3)
+print("ok: gshard matches jax.jit")
+'''
+
+
+def script(prog: Program, klass: str, detail: str) -> str:
+    return SCRIPT.format(klass=klass, detail=detail.strip(), body=prog.body_source(),
+                         args=prog.args_source(), target=prog.target_source(),
+                         mesh=prog.mesh_source())
