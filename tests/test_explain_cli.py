@@ -1,7 +1,6 @@
 """Issue 6: `gshard explain` (specs, collectives, warnings, sharding pictures) and its parsers."""
 import textwrap
 
-import jax
 import pytest
 from jax.sharding import AbstractMesh, Mesh
 

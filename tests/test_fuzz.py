@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
 from gshard.testing.fuzz.check import mismatch, run_case
-from gshard.testing.fuzz.gen import device_assignment, generate, hypothesis_program, random_program
+from gshard.testing.fuzz.gen import device_assignment, hypothesis_program, random_program
 from gshard.testing.fuzz.builder import Builder, RandomChooser
 from gshard.testing.fuzz.program import MESHES, script
 from gshard.testing.fuzz.shrink import shrink

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gshard.spec import ShardingSpec
-from gshard.spmd.plan import COMMUNICATING, plan, plan_cost, step_bytes
+from gshard.spmd.plan import plan, plan_cost, step_bytes
 
 MESHES = {(8,): ("x",), (2, 4): ("data", "model"), (4, 2): ("data", "model"),
           (2, 2, 2): ("a", "b", "c")}

@@ -85,6 +85,15 @@ OTHER = {  # name -> (function, args)
     "scan": (lambda x: lax.scan(lambda c, r: (c + r, c * r), jnp.zeros(6), S(x))[1], (X,)),
     "while": (lambda x: lax.while_loop(lambda v: v.sum() < 100, lambda v: v * 2, S(x)), (X,)),
     "cond": (lambda x: lax.cond(S(x).sum() > 1, jnp.sin, jnp.cos, S(x)), (X,)),
+    "reduce_window_max": (lambda x: lax.reduce_window(S(x), -jnp.inf, lax.max, (3, 1), (1, 1), "SAME"), (X,)),
+    "reduce_window_min": (lambda x: lax.reduce_window(S(x), jnp.inf, lax.min, (2, 2), (2, 1), "VALID"), (X,)),
+    "reduce_window_sum": (lambda x: lax.reduce_window(S(x), 0.0, lax.add, (3, 2), (1, 1), "SAME"), (X,)),
+    "select_and_scatter_add": (lambda x: jax.grad(lambda t: jnp.sum(jnp.sin(lax.reduce_window(
+        S(t), -jnp.inf, lax.max, (2, 1), (2, 1), "VALID"))))(x), (X,)),
+    "select_and_gather_add": (lambda x: jax.jvp(lambda t: lax.reduce_window(
+        S(t), -jnp.inf, lax.max, (3, 1), (1, 1), "SAME"), (x,), (jnp.cos(x),))[1], (X,)),
+    "sharding_constraint": (lambda x: jax.lax.with_sharding_constraint(
+        x * 2, jax.sharding.NamedSharding(_auto_mesh(), jax.sharding.PartitionSpec("x"))), (X,)),
     "empty2": (lambda x: jax.grad(lambda t: lax.cond(  # branches with different residuals
         t.sum() > 1, lambda u: jnp.sin(u) * u, lambda u: jnp.exp(jnp.cos(u)), S(t)).sum())(x), (X,)),
     "random_seed": (lambda x: S(x) + jax.random.uniform(jax.random.PRNGKey(1), (8, 6)), (X,)),
@@ -99,6 +108,10 @@ OTHER = {  # name -> (function, args)
                                           out_specs=(None, None),
                                           mesh=jax.make_mesh((4,), ("x",)))(S(x)), (X,)),
 }
+
+
+def _auto_mesh():
+    return jax.make_mesh((4,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def _cases():

@@ -11,6 +11,9 @@ import numpy as np
 
 from . import rules  # noqa: F401  (registers every rule)
 from .annotate import annotate_p, resolve
+from .jax_shardings import (committed_annotation, constraint_annotation, flat_specs,
+                            spec_annotation, unconstrained)
+from .rules.annotation import SHARDING_CONSTRAINT
 from .device_assignment import layout, refinement
 from .errors import GShardError
 from .manual import partition_mesh
@@ -18,26 +21,35 @@ from .mesh import MeshInfo
 from .spec import ShardingSpec
 from .propagate.engine import Propagation, check_supported, propagate
 from .runtime import Program, build, place
-from .trace.graph import Graph, trace
+from .trace.graph import Eqn, Graph, Value, trace
 
 
-def partition(fn: Callable, mesh) -> "Partitioned":
-    """Partition `fn` (written for one device, annotated) over `mesh` as one SPMD program."""
-    return Partitioned(fn, MeshInfo.of(mesh))
+def partition(fn: Callable, mesh, *, in_specs=None, out_specs=None,
+              donate_argnums=()) -> "Partitioned":
+    """Partition `fn` (written for one device, annotated) over `mesh` as one SPMD program.
+
+    `in_specs` / `out_specs`: like jax.jit's in_shardings / out_shardings, pytree prefixes of
+    PartitionSpec, NamedSharding or None (None: propagated). Committed jax.Array inputs with a
+    NamedSharding on `mesh` keep their placement. `donate_argnums`: positional arguments whose
+    buffers the call may reuse."""
+    donate = (donate_argnums,) if isinstance(donate_argnums, int) else tuple(donate_argnums)
+    return Partitioned(fn, MeshInfo.of(mesh), in_specs, out_specs, donate)
 
 
 class Partitioned:
-    def __init__(self, fn: Callable, mesh: MeshInfo):
+    def __init__(self, fn: Callable, mesh: MeshInfo, in_specs=None, out_specs=None, donate=()):
         self.fn = fn
         self.mesh = mesh
+        self.in_specs, self.out_specs, self.donate = in_specs, out_specs, donate
         self._cache: dict = {}
 
     def lower(self, *args) -> "Lowered":
         leaves, in_tree = jax.tree_util.tree_flatten(args)
         avals = tuple(_aval(x) for x in leaves)
-        key = (in_tree, tuple((a.shape, str(a.dtype)) for a in avals))
+        inputs = _input_annotations(self, leaves, in_tree)
+        key = (in_tree, tuple((a.shape, str(a.dtype)) for a in avals), inputs)
         if key not in self._cache:
-            self._cache[key] = _lower(self.fn, self.mesh, in_tree, avals)
+            self._cache[key] = _lower(self, in_tree, avals, inputs)
         return self._cache[key]
 
     def __call__(self, *args):
@@ -97,7 +109,23 @@ class Lowered:
         return explain(self)
 
 
-def _lower(fn, base: MeshInfo, in_tree, avals) -> Lowered:
+def _input_annotations(pf: Partitioned, leaves, in_tree) -> tuple:
+    """Per input leaf: (kind, Annotation) from in_specs ("in_specs", fixed) or a committed
+    array's NamedSharding ("committed", kept unless an in_spec says otherwise), or None."""
+    specs = flat_specs(pf.in_specs, in_tree, "in_specs")
+    out = []
+    for i, (x, s) in enumerate(zip(leaves, specs)):
+        ann = spec_annotation(s, len(np.shape(x)), pf.mesh, f"in_specs entry for input {i}")
+        if ann is not None:
+            out.append(("in_specs", ann))
+            continue
+        ann = committed_annotation(x, pf.mesh, i)
+        out.append(("committed", ann) if ann is not None else None)
+    return tuple(out)
+
+
+def _lower(pf: Partitioned, in_tree, avals, inputs) -> Lowered:
+    fn, base = pf.fn, pf.mesh
     t0 = time.perf_counter()
     holder = {}
 
@@ -109,30 +137,76 @@ def _lower(fn, base: MeshInfo, in_tree, avals) -> Lowered:
     with partition_mesh(base):
         graph, _ = trace(flat_fn, *avals)
     t1 = time.perf_counter()
-    mesh, fixed = resolve_annotations(graph, base)
+    graph = constrain_outputs(graph, flat_specs(pf.out_specs, holder["tree"], "out_specs"), base)
+    mesh, fixed, seeds = resolve_annotations(graph, base)
+    _resolve_inputs(graph, mesh, inputs, fixed, seeds)
     check_supported(graph)
-    prop = propagate(graph, mesh, fixed)
+    prop = propagate(graph, mesh, fixed, seeds)
     t2 = time.perf_counter()
-    program = build(graph, prop, mesh, avals)
+    donate = _donated_leaves(pf.donate, in_tree)
+    program = build(graph, prop, mesh, avals, donate)
     t3 = time.perf_counter()
     timings = {"trace_s": t1 - t0, "propagate_s": t2 - t1, "partition_s": t3 - t2}
     return Lowered(graph, prop, mesh, program, holder["tree"], t3 - t0, timings)
 
 
 def resolve_annotations(graph: Graph, base: MeshInfo):
-    """Refine the mesh for shard() layouts, then resolve every annotation to a fixed spec."""
+    """Refine the mesh for shard() layouts, then resolve every annotation to a fixed spec (a
+    with_sharding_constraint with unconstrained dims only seeds its result)."""
     anns = [e for e in graph.eqns if e.prim is annotate_p]
     lays = [layout(e.params["ann"], base, e.inputs[0].shape) for e in anns
             if e.params["ann"].kind == "shard"]
     mesh = base.refine(refinement(lays, base)) if lays else base
-    fixed = {}
+    fixed, seeds = {}, {}
     for e in anns:
         ann = e.params["ann"]
         spec = resolve(ann, mesh, e.inputs[0].shape)
         fixed[e.outputs[0]] = (spec, f"annotation {ann.describe()} at {ann.where}")
     for e in graph.eqns:
+        if e.prim is SHARDING_CONSTRAINT:
+            spec = resolve(constraint_annotation(e, base), mesh, e.inputs[0].shape)
+            why = f"with_sharding_constraint {spec.to_partition_spec()} at {e.where}"
+            (seeds if unconstrained(e) else fixed)[e.outputs[0]] = (spec, why)
+    for e in graph.eqns:
         if e.prim.name == "shard_map":  # a gshard.manual region: its results are fixed
             for o, p in zip(e.outputs, e.params["out_specs"]):
                 fixed[o] = (ShardingSpec.from_partition_spec(p, len(o.shape)),
                             f"result of a manual region at {e.where}")
-    return mesh, fixed
+    return mesh, fixed, seeds
+
+
+def _resolve_inputs(graph: Graph, mesh: MeshInfo, inputs, fixed: dict, seeds: dict):
+    for v, entry in zip(graph.invars, inputs):
+        if entry is None:
+            continue
+        kind, ann = entry
+        spec = resolve(ann, mesh, v.shape)
+        if kind == "in_specs":
+            fixed[v] = (spec, f"in_specs {spec.to_partition_spec()}")
+        else:
+            seeds[v] = (spec, f"committed input sharding {spec.to_partition_spec()}")
+
+
+def constrain_outputs(graph: Graph, specs: list, mesh: MeshInfo) -> Graph:
+    """out_specs: each constrained output goes through an annotation equation."""
+    if all(s is None for s in specs):
+        return graph
+    eqns, outs = list(graph.eqns), []
+    for i, (x, s) in enumerate(zip(graph.outvars, specs)):
+        ann = spec_annotation(s, len(x.shape), mesh, f"out_specs entry for output {i}")
+        if ann is None:
+            outs.append(x)
+            continue
+        y = Value(x.aval)
+        eqns.append(Eqn(len(eqns), annotate_p, [x], [y], {"ann": ann},
+                        f"out_specs entry for output {i} of the gshard.partition call"))
+        outs.append(y)
+    return Graph(graph.invars, outs, eqns, graph.consts)
+
+
+def _donated_leaves(donate, in_tree) -> tuple[int, ...]:
+    if not donate:
+        return ()
+    counts = [t.num_leaves for t in in_tree.children()]
+    starts = np.cumsum([0] + counts)
+    return tuple(j for a in donate for j in range(starts[a], starts[a + 1]))

@@ -26,3 +26,11 @@ def scan_counts(params) -> tuple[int, int]:
     ft = params["ft_in"]  # a flat tree of (consts, carry, xs) leaves
     groups = ft.update(list(range(len(list(ft.vals))))).unpack()
     return len(list(groups[0].vals)), len(list(groups[1].vals))
+
+
+def broadcast_prefix(prefix, full, is_leaf=None) -> list:
+    """The leaves of `prefix` repeated over the subtrees of `full` they cover (jax.jit's rule for
+    in_shardings prefixes)."""
+    from jax._src.tree_util import broadcast_prefix as _bp
+
+    return _bp(prefix, full, is_leaf=is_leaf)

@@ -51,7 +51,7 @@ def _trim(x, shape):
     return x[tuple(slice(0, n) for n in shape)]
 
 
-def build(graph, prop, mesh: MeshInfo, avals) -> Program:
+def build(graph, prop, mesh: MeshInfo, avals, donate=()) -> Program:
     sizes = mesh.sizes
     in_specs = [prop.spec(v) for v in graph.invars]
     out_specs = [prop.spec(x).drop_partial() for x in graph.outvars]
@@ -81,7 +81,8 @@ def build(graph, prop, mesh: MeshInfo, avals) -> Program:
     amesh = mesh.auto_mesh()
     ins = [NamedSharding(amesh, even_pspec(s, n, sizes)) for s, n in zip(in_specs, in_shapes)]
     outs = [NamedSharding(amesh, even_pspec(s, n, sizes)) for s, n in zip(out_specs, out_shapes)]
-    jitted = jax.jit(outer, in_shardings=tuple(ins), out_shardings=tuple(outs))
+    jitted = jax.jit(outer, in_shardings=tuple(ins), out_shardings=tuple(outs),
+                     donate_argnums=tuple(donate))
     return Program(jitted, per_device, records, ins, outs)
 
 

@@ -66,7 +66,7 @@ def main_job(args) -> int:
     print(f"[2/4] train: preset {args.preset} -> {args.workdir}")
     out = train(cfg, args.workdir, mesh=args.mesh)
     t_train = time.perf_counter() - t0 - t_data
-    print(f"[3/4] eval: test split (greedy + beam) and UDHR")
+    print("[3/4] eval: test split (greedy + beam) and UDHR")
     ev = evaluate(args.workdir)
     print(format_table(ev))
     pics = training_plots(args.workdir) + eval_plots(args.workdir)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from .collective_time import KINDS, collective_time, group_size
 from .flops import EqnCost, eqn_costs, roofline_time
-from .hardware import Hardware, get_hardware
+from .hardware import get_hardware
 from .memory import memory_report
 
 

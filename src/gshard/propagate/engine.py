@@ -31,12 +31,16 @@ class Propagation:
         return ShardingSpec.replicated(len(x.shape))
 
 
-def propagate(graph: Graph, mesh: MeshInfo, fixed: dict) -> Propagation:
-    """Propagate from `fixed` (Value -> spec with a reason) to every value of `graph`."""
+def propagate(graph: Graph, mesh: MeshInfo, fixed: dict, seeds: dict | None = None) -> Propagation:
+    """Propagate from `fixed` (Value -> spec with a reason) to every value of `graph`. `seeds`
+    (same form) are starting specs that propagation may refine but never undo."""
     state = Propagation(mesh, {}, {}, set())
     for v, (spec, why) in fixed.items():
         state.specs[v], state.why[v] = spec, why
         state.fixed.add(v)
+    for v, (spec, why) in (seeds or {}).items():
+        if v not in state.fixed:
+            state.specs[v], state.why[v] = spec, why
     for level in range(LEVELS):
         _run_level(graph, state, level)
     for v in _all_values(graph):

@@ -1,17 +1,22 @@
-"""The annotation primitive: its result is fixed to the user's spec; its operand is resharded."""
+"""Annotations (gshard's primitive and jax.lax.with_sharding_constraint): the result is fixed to
+the user's spec; the operand is resharded to it."""
 from __future__ import annotations
 
 from ..annotate import annotate_p
+from ..compat import primitive
 from ..registry import rule
 from ..spmd.local import Local
+
+SHARDING_CONSTRAINT = primitive("sharding_constraint")
 
 
 def prop_annotation(eqn, ins, outs, mesh):
     return [outs[0]], [None]
 
 
-@rule(annotate_p, prop=prop_annotation, fwd_level=0)
+@rule([annotate_p, SHARDING_CONSTRAINT], prop=prop_annotation, fwd_level=0)
 def part_annotation(ctx, eqn, ins, targets):
-    ann = eqn.params["ann"]
-    x = ctx.reshard(ins[0], targets[0], f"user annotation {ann.describe()}")
+    ann = eqn.params.get("ann")
+    what = f"user annotation {ann.describe()}" if ann else "with_sharding_constraint"
+    x = ctx.reshard(ins[0], targets[0], what)
     return [Local(x.val, x.spec, x.shape)]

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import jax.numpy as jnp
-from jax import lax
 from jax.extend.core import primitives as P
 
 from ..registry import rule
 from ..spec import ShardingSpec
 from ..spmd.local import Local
+from . import halo
 
 
 @dataclass(frozen=True)
@@ -109,40 +108,6 @@ def _plan(eqn, d: Dims, lhs: Local, rhs: Local, target: ShardingSpec):
     return modes, specs
 
 
-# ----- halo exchange ----------------------------------------------------------------------------
-def _halo_window(ctx, x, dim, axes, n, step, a0, width):
-    """This device's input window [i*step + a0, +width) along `dim`, from its shard and its
-    neighbours' boundary rows; positions outside [0, n) are zero. None if a halo is too wide."""
-    L = x.shape[dim]
-    t = _tiles(ctx, axes)
-    left = max(0, max(i * L - (i * step + a0) for i in (0, t - 1)))
-    right = max(0, max(i * step + a0 + width - (i + 1) * L for i in (0, t - 1)))
-    if left > L or right > L:
-        return None
-    parts = []
-    if left:
-        edge = lax.slice_in_dim(x, L - left, L, axis=dim)
-        parts.append(ctx.collective_permute(edge, axes, [(j, j + 1) for j in range(t - 1)],
-                                             f"halo of {left} rows from the left neighbour"))
-    parts.append(x)
-    if right:
-        edge = lax.slice_in_dim(x, 0, right, axis=dim)
-        parts.append(ctx.collective_permute(edge, axes, [(j + 1, j) for j in range(t - 1)],
-                                             f"halo of {right} rows from the right neighbour"))
-    ext = jnp.concatenate(parts, axis=dim) if len(parts) > 1 else x
-    i = ctx.shard_index(axes)
-    pos = lax.broadcasted_iota(jnp.int32, ext.shape, dim) + i * L - left
-    ext = jnp.where((pos >= 0) & (pos < n), ext, jnp.zeros_like(ext))
-    return lax.dynamic_slice_in_dim(ext, i * (step - L) + left + a0, width, axis=dim)
-
-
-def _tiles(ctx, axes) -> int:
-    t = 1
-    for a in axes:
-        t *= ctx.sizes[a]
-    return t
-
-
 # ----- partitioning -----------------------------------------------------------------------------
 @rule(P.conv_general_dilated_p, prop=prop_conv)
 def part_conv(ctx, eqn, ins, targets):
@@ -160,7 +125,7 @@ def part_conv(ctx, eqn, ins, targets):
         if mode == "whole":
             continue
         win = _window_args(eqn, d, k, mode, axes, lhs, rhs, targets[0], ctx)
-        y = _halo_window(ctx, x, d.lhs[2 + k], axes, *win)
+        y = halo.window(ctx, x, d.lhs[2 + k], axes, *win)
         if y is None:
             return _fallback(ctx, eqn, ins, targets)
         x, padding[k] = y, (0, 0)

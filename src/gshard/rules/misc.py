@@ -6,7 +6,6 @@ exactly the same numbers as the unpartitioned one.
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jax.extend.core import primitives as P
 
 from ..compat import primitive
 from ..registry import rule

@@ -162,17 +162,10 @@ def part_broadcast(ctx, eqn, ins, targets):
 # ----- ops that need one or more dims unsplit ---------------------------------------------------
 def _moving_dims(eqn) -> set[int]:
     name, p = eqn.prim.name, eqn.params
-    shape = eqn.inputs[0].shape
     if name == "concatenate":
         return {p["dimension"]}
     if name == "rev":
         return set(p["dimensions"])
-    if name == "pad":
-        return {d for d, c in enumerate(p["padding_config"]) if tuple(c) != (0, 0, 0)}
-    if name == "slice":
-        strides = p["strides"] or (1,) * len(shape)
-        return {d for d in range(len(shape)) if (p["start_indices"][d], p["limit_indices"][d],
-                                                 strides[d]) != (0, shape[d], 1)}
     raise KeyError(name)
 
 
@@ -190,7 +183,7 @@ def prop_moving(eqn, ins, outs, mesh):
     return [bwd if len(x.shape) == rank else None for x in eqn.inputs], [fwd]
 
 
-MOVING = [P.concatenate_p, P.slice_p, P.pad_p, P.rev_p]
+MOVING = [P.concatenate_p, P.rev_p]  # pad and slice: rules/shift.py
 
 
 @rule(MOVING, prop=prop_moving)
@@ -200,12 +193,7 @@ def part_moving(ctx, eqn, ins, targets):
     need = _unsplit(targets[0], moving)
     vals = [ctx.reshard(x, need if x.rank == rank else x.spec.drop_partial(),
                         f"{eqn.prim.name} needs dims {sorted(moving)} whole").val for x in ins]
-    params = dict(eqn.params)
-    if eqn.prim is P.slice_p:
-        local = need.local_shape(eqn.inputs[0].shape, ctx.sizes)
-        params["limit_indices"] = tuple(local[d] if d not in moving else lim
-                                        for d, lim in enumerate(params["limit_indices"]))
-    val = eqn.prim.bind(*vals, **params)
+    val = eqn.prim.bind(*vals, **eqn.params)
     out = Local(val, need, eqn.outputs[0].shape)
     return [ctx.reshard(out, targets[0], f"{eqn.prim.name} result to its propagated spec")]
 

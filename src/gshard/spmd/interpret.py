@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from ..propagate.engine import Propagation
 from ..spec import ShardingSpec
-from ..trace.graph import Graph, Lit, Value
+from ..trace.graph import Graph, Lit
 from .local import Ctx, Local
 from ..registry import RULES
 

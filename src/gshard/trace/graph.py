@@ -59,6 +59,8 @@ class Eqn:
 
     @property
     def where(self) -> str:
+        if isinstance(self.source_info, str):  # an equation gshard added (out_specs)
+            return self.source_info
         return source_line(self.source_info)
 
 
