@@ -13,7 +13,7 @@ from . import rules  # noqa: F401  (registers every rule)
 from .annotate import annotate_p, resolve
 from .jax_shardings import (committed_annotation, constraint_annotation, flat_specs,
                             spec_annotation, unconstrained)
-from .rules.annotation import SHARDING_CONSTRAINT
+from .rules.annotation import RESHARD, SHARDING_CONSTRAINT
 from .device_assignment import layout, refinement
 from .errors import GShardError
 from .manual import partition_mesh
@@ -163,9 +163,10 @@ def resolve_annotations(graph: Graph, base: MeshInfo):
         spec = resolve(ann, mesh, e.inputs[0].shape)
         fixed[e.outputs[0]] = (spec, f"annotation {ann.describe()} at {ann.where}")
     for e in graph.eqns:
-        if e.prim is SHARDING_CONSTRAINT:
-            spec = resolve(constraint_annotation(e, base), mesh, e.inputs[0].shape)
-            why = f"with_sharding_constraint {spec.to_partition_spec()} at {e.where}"
+        ann = constraint_annotation(e, base) if e.prim in (SHARDING_CONSTRAINT, RESHARD) else None
+        if ann is not None:
+            spec = resolve(ann, mesh, e.inputs[0].shape)
+            why = f"{e.prim.name} {spec.to_partition_spec()} at {e.where}"
             (seeds if unconstrained(e) else fixed)[e.outputs[0]] = (spec, why)
     for e in graph.eqns:
         if e.prim.name == "shard_map":  # a gshard.manual region: its results are fixed

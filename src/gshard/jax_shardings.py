@@ -64,10 +64,14 @@ def annotation_of(pspec, rank: int, where: str, what: str) -> Annotation:
     return Annotation("mesh_split", rank, mapping=tuple(mapping), where=where)
 
 
-def constraint_annotation(eqn, mesh: MeshInfo) -> Annotation:
-    """The annotation a `sharding_constraint` equation stands for."""
-    sharding = eqn.params["sharding"]
-    what = "with_sharding_constraint"
+def constraint_annotation(eqn, mesh: MeshInfo) -> Annotation | None:
+    """The annotation a `sharding_constraint` / `reshard` equation stands for (None: a reshard
+    with no mesh, a no-op here)."""
+    sharding = eqn.params.get("sharding", eqn.params.get("dst_sharding"))
+    what = "with_sharding_constraint" if "sharding" in eqn.params else "jax.sharding.reshard"
+    if isinstance(sharding, PartitionSpec) or (_mesh_of(sharding) is not None
+                                               and not tuple(_mesh_of(sharding).axis_names)):
+        return None
     if not isinstance(sharding, NamedSharding):
         fail(AnnotationError, f"{what}: gshard reads NamedSharding / PartitionSpec constraints, "
              f"got {type(sharding).__name__}", where=eqn.where,
@@ -77,8 +81,9 @@ def constraint_annotation(eqn, mesh: MeshInfo) -> Annotation:
 
 
 def unconstrained(eqn) -> bool:
+    sharding = eqn.params.get("sharding", eqn.params.get("dst_sharding"))
     return bool(eqn.params.get("unconstrained_dims")) or any(
-        e is PartitionSpec.UNCONSTRAINED for e in eqn.params["sharding"].spec)
+        e is PartitionSpec.UNCONSTRAINED for e in sharding.spec)
 
 
 # ----- jit-style in_specs / out_specs -----------------------------------------------------------

@@ -116,6 +116,7 @@ class Builder:
         known = {v.name: v for v in self.pool}
         names = sorted(set(args), key=args.index)
         ns = namespace()
+        exec(Program(self.mesh, (), (), ()).mesh_source(), ns)  # noqa: S102 - mesh, auto_mesh
         try:
             fn = eval(f"lambda {', '.join(names)}: {fmt.format(*args)}", ns)  # noqa: S307
             structs = [jax.ShapeDtypeStruct(known[n].shape, DTYPES[known[n].dtype]) for n in names]

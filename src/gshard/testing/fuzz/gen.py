@@ -21,7 +21,7 @@ FAMILIES = {
     "take_along_axis": ops_index.take_along_axis, "scatter": ops_index.scatter,
     "dynamic_slice": ops_index.dynamic_slice, "sort": ops_index.sort, "top_k": ops_index.top_k,
     "one_hot": ops_index.one_hot, "conv": ops_flow.conv, "scan": ops_flow.scan,
-    "while": ops_flow.while_, "cond": ops_flow.cond,
+    "while": ops_flow.while_, "cond": ops_flow.cond, "pool": ops_flow.pool,
 }
 WEIGHTS = {"elementwise": 4, "einsum": 3, "reduce": 3, "reshape": 3}
 
@@ -62,7 +62,11 @@ def _outputs(b: Builder) -> list[str]:
 def annotate(b: Builder, v) -> bool:
     if v.rank == 0:
         return False
-    kind = b.ch.int(0, 9)
+    kind = b.ch.int(0, 10)
+    if kind == 10:  # jax's own annotation, on the partition's mesh
+        spec = mesh_split_spec(b, v)
+        return bool(b.add("annotate", "jax.lax.with_sharding_constraint({0}, jax.sharding."
+                          f"NamedSharding(auto_mesh, jax.sharding.PartitionSpec(*{spec})))", [v], True))
     if kind <= 5:
         return bool(b.add("annotate", f"gshard.mesh_split({{0}}, {mesh_split_spec(b, v)})", [v], True))
     if kind == 6:

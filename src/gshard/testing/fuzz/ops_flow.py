@@ -34,6 +34,18 @@ def conv(b: Builder) -> bool:
     return bool(b.add("conv", fmt, [x, k]))
 
 
+def pool(b: Builder) -> bool:
+    x = b.pick(lambda v: v.dtype == "f32" and v.rank in (3, 4))
+    if x is None:
+        x = b.new_input((b.ch.int(1, 3),) + tuple(b.ch.int(3, 10) for _ in range(b.ch.int(1, 2))) + (2,))
+    nsp = x.rank - 2
+    win = (1,) + tuple(b.ch.int(1, 3) for _ in range(nsp)) + (1,)
+    st = (1,) + tuple(b.ch.int(1, 2) for _ in range(nsp)) + (1,)
+    pad = b.ch.pick(["'SAME'", "'VALID'"])
+    op, init = b.ch.pick([("lax.max", "-jnp.inf"), ("lax.add", "0.0"), ("lax.min", "jnp.inf")])
+    return bool(b.add("pool", f"lax.reduce_window({{0}}, {init}, {op}, {win}, {st}, {pad})", [x]))
+
+
 def _body(b: Builder, var: str) -> str:
     return b.ch.pick(UNARY).replace("{0}", var)
 

@@ -44,8 +44,6 @@ class Op:
 
     def line(self) -> str:
         lhs = ", ".join(v.name for v in self.outs)
-        if len(self.outs) == 1:
-            return f"{lhs} = {self.fmt.format(*self.args)}"
         return f"{lhs} = {self.fmt.format(*self.args)}"
 
 
@@ -106,16 +104,18 @@ class Program:
 
     def mesh_source(self) -> str:
         shape = MESHES[self.mesh]
-        return f"mesh = jax.make_mesh({shape}, {AXES[len(shape)]})"
+        return (f"mesh = jax.make_mesh({shape}, {AXES[len(shape)]})\n"
+                f"auto_mesh = jax.make_mesh({shape}, {AXES[len(shape)]}, "
+                f"axis_types=(jax.sharding.AxisType.Auto,) * {len(shape)})")
 
     # ----- execution ----------------------------------------------------------------------------
     def build(self):
         """(target function, args, mesh) from the rendered source."""
         ns = namespace()
-        exec(self.body_source(), ns)  # noqa: S102 - our own generated program
+        exec(self.mesh_source(), ns)  # noqa: S102 - our own generated program
+        exec(self.body_source(), ns)  # noqa: S102
         exec(self.args_source(), ns)  # noqa: S102
         exec(self.target_source(), ns)  # noqa: S102
-        exec(self.mesh_source(), ns)  # noqa: S102
         return ns["target"], ns["args"], ns["mesh"]
 
 
@@ -147,11 +147,12 @@ from jax import lax
 import gshard
 from gshard.testing import assert_close
 
+{mesh}
+
 {body}
 
 {args}
 {target}
-{mesh}
 ref = jax.jit(target)(*args)
 got = gshard.partition(target, mesh)(*args)
 assert_close(got, ref, rtol=2e-3, atol=2e-3)
