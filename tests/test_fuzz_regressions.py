@@ -213,3 +213,11 @@ def test_halo_over_axes_out_of_mesh_order(axes):
         return lax.conv_general_dilated(x, k, (1,), "SAME", dimension_numbers=("NCH", "OIH", "NCH"))
     low = _same(f, x, k, grad_argnums=(0, 1))
     assert "collective_permute" in _kinds(low), low.explain()
+
+
+# ----- NaN across shards: jnp.max / min / argmax / argmin propagate it --------------------------
+@pytest.mark.parametrize("fn", [jnp.max, jnp.min, jnp.argmax, jnp.argmin])
+def test_nan_in_one_shard_wins_the_reduction(fn):
+    x = np.arange(16, dtype=np.float32).reshape(2, 8)
+    x[0, 5] = x[1, 6] = np.nan
+    _same(lambda a: fn(gshard.mesh_split(a, (None, ("a", "b", "c"))), axis=1), x)

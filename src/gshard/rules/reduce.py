@@ -88,12 +88,23 @@ def part_reduce(ctx, eqn, ins, targets):
 
 def _cross_reduce(ctx, val, axes, name):
     why = f"reduce_{name} over a split dim"
-    if name in ("max", "or"):
-        return ctx.all_reduce(val, axes, why, op="max")
-    if name in ("min", "and"):
-        return ctx.all_reduce(val, axes, why, op="min")
+    if name in ("max", "or", "min", "and"):
+        best, _ = _nan_aware(ctx, val, axes, "max" if name in ("max", "or") else "min", why)
+        return best
     parts = ctx.all_gather(val[None], axes, 0, why)  # [k, ...] one per shard
     return jnp.prod(parts, axis=0).astype(val.dtype)
+
+
+def _nan_aware(ctx, val, axes, op: str, why: str):
+    """(max or min over `axes`, whether any shard held a NaN): a NaN anywhere wins, as in
+    jnp.max / jnp.min. One collective: the values and their NaN flags side by side."""
+    if not jnp.issubdtype(val.dtype, jnp.floating):
+        return ctx.all_reduce(val, axes, why, op=op), None
+    sign = 1 if op == "max" else -1
+    flag = jnp.isnan(val).astype(val.dtype) * sign
+    both = ctx.all_reduce(jnp.stack([val, flag]), axes, why + " (with NaN flags)", op=op)  # [2, ...]
+    nan = both[1] * sign > 0
+    return jnp.where(nan, jnp.asarray(jnp.nan, val.dtype), both[0]), nan
 
 
 @rule([P.argmax_p, P.argmin_p], prop=prop_reduce)
@@ -107,10 +118,11 @@ def part_argminmax(ctx, eqn, ins, targets):
     if split:
         val = jnp.take_along_axis(x.val, jnp.expand_dims(idx, axis), axis=axis).squeeze(axis)
         gidx = idx + (ctx.shard_index(split) * x.val.shape[axis]).astype(idx.dtype)
-        best = ctx.all_reduce(val, split, "arg-reduction value", op="max" if is_max else "min")
+        best, nan = _nan_aware(ctx, val, split, "max" if is_max else "min", "arg-reduction value")
+        win = (val == best) if nan is None else jnp.where(nan, jnp.isnan(val), val == best)
         big = jnp.iinfo(idx.dtype).max
-        idx = ctx.all_reduce(jnp.where(val == best, gidx, big), split,
-                              "arg-reduction index (first of the best)", op="min")
+        idx = ctx.all_reduce(jnp.where(win, gidx, big), split,
+                             "arg-reduction index (first of the best)", op="min")
     return [Local(idx, targets[0], eqn.outputs[0].shape)]
 
 
