@@ -14,10 +14,8 @@
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -33,46 +31,11 @@ def force_cpu_devices(n: int = 8) -> None:
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 import gshard  # noqa: E402
-from gshard import annotate as _annotate  # noqa: E402
-from gshard.mesh import MeshInfo  # noqa: E402
-
-AXES = {1: ("x",), 2: ("data", "model"), 3: ("a", "b", "c")}
-
-
-def auto_mesh(shape, names=None):
-    """A mesh with Auto axis types (what with_sharding_constraint needs)."""
-    names = names or AXES[len(shape)]
-    return jax.make_mesh(tuple(shape), tuple(names), axis_types=(AxisType.Auto,) * len(shape))
-
-
-# ----- the XLA baseline --------------------------------------------------------------------------
-def annotation_pspec(ann, mesh, shape) -> P:
-    """The PartitionSpec gshard resolves an annotation to on `mesh`."""
-    info = MeshInfo.of(mesh)
-    spec = _annotate.resolve(ann, info, shape)
-    return spec.to_partition_spec()
-
-
-@contextlib.contextmanager
-def xla_annotations(mesh):
-    """Within the context, gshard annotations are with_sharding_constraint calls on `mesh`."""
-    if any(t != AxisType.Auto for t in mesh.axis_types):
-        raise ValueError("with_sharding_constraint needs a mesh with Auto axis types (auto_mesh)")
-    saved = _annotate._bind
-
-    def bind(x, ann):
-        pspec = annotation_pspec(ann, mesh, np.shape(x))
-        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, pspec))
-
-    _annotate._bind = bind
-    try:
-        yield
-    finally:
-        _annotate._bind = saved
-
+from gshard.testing.xla import (AXES, HloCollective, annotation_pspec, auto_mesh, fmt_counts,  # noqa: E402,F401
+                                hlo_collectives, summarize, xla_annotations)
 
 @dataclass
 class Built:
@@ -150,89 +113,6 @@ def build_xla(fn, mesh, args, in_shardings=None) -> Built:
     if "gshard_annotate" in text:
         raise AssertionError("a gshard annotation survived into the XLA baseline")
     return Built("xla", compiled, placed, holder["tree"], t1 - t0, t2 - t1, compiled.as_text())
-
-
-# ----- HLO collectives ---------------------------------------------------------------------------
-HLO_KINDS = {"all-reduce": "all_reduce", "all-gather": "all_gather",
-             "reduce-scatter": "reduce_scatter", "all-to-all": "all_to_all",
-             "collective-permute": "collective_permute"}
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
-                "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
-                "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1}
-_SHAPE = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
-_OP = re.compile(r"=\s*(.*?)\s+(all-reduce|all-gather|reduce-scatter|all-to-all|"
-                 r"collective-permute)(-start)?\((.*)$")
-
-
-def _shape_bytes(text: str) -> int:
-    total = 0
-    for dt, dims in _SHAPE.findall(text):
-        if dt not in _DTYPE_BYTES:
-            continue
-        n = 1
-        for d in filter(None, dims.split(",")):
-            n *= int(d)
-        total += n * _DTYPE_BYTES[dt]
-    return total
-
-
-@dataclass(frozen=True)
-class HloCollective:
-    kind: str
-    bytes: int
-    line: str
-
-
-_DEF = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\(.*?\)|[a-z][a-z0-9]*\[[0-9,]*\](?:\{[^}]*\})?)\s")
-_NAME = re.compile(r"%([\w.\-]+)")
-
-
-def hlo_collectives(text: str) -> list[HloCollective]:
-    """Collectives in compiled HLO text (per-device shapes), gshard's bytes convention.
-
-    Compiled HLO prints operands by name only, so operand shapes come from their definitions."""
-    shapes = {}
-    for line in text.splitlines():
-        d = _DEF.match(line)
-        if d:
-            shapes[d.group(1)] = d.group(2)
-    out = []
-    for line in text.splitlines():
-        m = _OP.search(line)
-        if not m:
-            continue
-        result, op, start, rest = m.groups()
-        kind = HLO_KINDS[op]
-        depth, end = 1, len(rest)          # operands: up to the call's closing paren
-        for i, ch in enumerate(rest):
-            depth += ch == "("
-            depth -= ch == ")"
-            if depth == 0:
-                end = i
-                break
-        operands = rest[:end]
-        if _SHAPE.search(operands) is None:   # by name only: look the shapes up
-            operands = " ".join(shapes.get(n, "") for n in _NAME.findall(operands))
-        if kind == "all_gather":
-            nbytes = _shape_bytes(result) - (_shape_bytes(operands) if start else 0)
-        else:
-            nbytes = _shape_bytes(operands)
-        out.append(HloCollective(kind, nbytes, line.strip()))
-    return out
-
-
-def summarize(records) -> tuple[int, dict]:
-    """(total bytes, {kind: count}) for gshard records or HloCollectives."""
-    counts: dict = {}
-    for r in records:
-        counts[r.kind] = counts.get(r.kind, 0) + 1
-    return sum(r.bytes for r in records), counts
-
-
-def fmt_counts(counts: dict) -> str:
-    short = {"all_reduce": "AR", "all_gather": "AG", "reduce_scatter": "RS",
-             "all_to_all": "A2A", "collective_permute": "CP"}
-    return " ".join(f"{short[k]}{v}" for k, v in sorted(counts.items())) or "-"
 
 
 # ----- comparison and timing -------------------------------------------------------------------

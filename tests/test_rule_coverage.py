@@ -92,6 +92,9 @@ OTHER = {  # name -> (function, args)
         S(t), -jnp.inf, lax.max, (2, 1), (2, 1), "VALID"))))(x), (X,)),
     "select_and_gather_add": (lambda x: jax.jvp(lambda t: lax.reduce_window(
         S(t), -jnp.inf, lax.max, (3, 1), (1, 1), "SAME"), (x,), (jnp.cos(x),))[1], (X,)),
+    "reshard": (lambda x: jax.grad(lambda t: jnp.sum(jnp.sin(jax.lax.with_sharding_constraint(  # the seed
+        S(t), jax.sharding.NamedSharding(_auto_mesh(), jax.sharding.PartitionSpec("x"))))))(x), (X,)),
+    "random_clone": (lambda x: S(x) + jax.random.uniform(jax.random.clone(jax.random.key(1)), (8, 6)), (X,)),
     "sharding_constraint": (lambda x: jax.lax.with_sharding_constraint(
         x * 2, jax.sharding.NamedSharding(_auto_mesh(), jax.sharding.PartitionSpec("x"))), (X,)),
     "empty2": (lambda x: jax.grad(lambda t: lax.cond(  # branches with different residuals

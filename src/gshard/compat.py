@@ -8,7 +8,7 @@ def primitive(name: str):
     import importlib
 
     for mod in ("jax.extend.core.primitives", "jax._src.lax.lax", "jax._src.random.prng", "jax._src.prng",
-                "jax._src.pjit",
+                "jax._src.pjit", "jax._src.random.core",
                 "jax._src.shard_map", "jax.experimental.shard_map"):
         try:
             p = getattr(importlib.import_module(mod), f"{name}_p", None)

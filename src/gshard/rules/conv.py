@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax.numpy as jnp
 from jax.extend.core import primitives as P
 
 from ..registry import rule
 from ..spec import ShardingSpec
+from ..spmd.plan import reshard_cost
 from ..spmd.local import Local
 from . import halo
 
@@ -109,22 +111,54 @@ def _plan(eqn, d: Dims, lhs: Local, rhs: Local, target: ShardingSpec):
 
 
 # ----- partitioning -----------------------------------------------------------------------------
+def _from_operands(eqn, d: Dims, lhs: Local, rhs: Local, prefer_lhs: bool) -> ShardingSpec:
+    """A result layout read off the operands: batch from the input, output features from the
+    kernel, spatial dims from the input; on a clash the preferred operand keeps its axes."""
+    dims = [()] * lhs.rank
+    b = lhs.spec.dims[d.lhs[0]] if eqn.params["batch_group_count"] == 1 else ()
+    f = rhs.spec.dims[d.rhs[0]] if not _grouped(eqn) else ()
+    if set(b) & set(f):
+        b, f = (b, ()) if prefer_lhs else ((), f)
+    dims[d.out[0]], dims[d.out[1]] = b, f
+    used = set(b) | set(f)
+    for k in range(d.nspatial):
+        a = lhs.spec.dims[d.lhs[2 + k]]
+        if a and not set(a) & used:
+            dims[d.out[2 + k]], used = a, used | set(a)
+    return ShardingSpec(tuple(dims))
+
+
+def _choose(ctx, eqn, d: Dims, lhs: Local, rhs: Local, target: ShardingSpec):
+    """The cheapest of the layouts the target and the operands suggest (bytes moved, reused
+    reshards free): (layout, spatial modes, (lhs, rhs, result) specs)."""
+    best = None
+    out_item = jnp.dtype(eqn.outputs[0].aval.dtype).itemsize
+    for want in (target, _from_operands(eqn, d, lhs, rhs, True), _from_operands(eqn, d, lhs, rhs, False)):
+        modes, specs = _plan(eqn, d, lhs, rhs, want)
+        if specs is None:
+            continue
+        cost = ctx.cost(lhs, specs[0]) + ctx.cost(rhs, specs[1]) + reshard_cost(
+            specs[2], target, eqn.outputs[0].shape, out_item, ctx.sizes)
+        if best is None or cost < best[0]:
+            best = (cost, want, modes, specs)
+    if best is None:
+        rep = ShardingSpec.replicated(lhs.rank)
+        return rep, [("whole", ())] * d.nspatial, (rep, ShardingSpec.replicated(rhs.rank), rep)
+    return best[1:]
+
+
 @rule(P.conv_general_dilated_p, prop=prop_conv)
 def part_conv(ctx, eqn, ins, targets):
     d, p = Dims.of(eqn), eqn.params
     lhs, rhs = ins
-    modes, specs = _plan(eqn, d, lhs, rhs, targets[0])
-    if specs is None:
-        modes = [("whole", ())] * d.nspatial
-        specs = (ShardingSpec.replicated(lhs.rank),) * 2 + (ShardingSpec.replicated(lhs.rank),)
-    lspec, rspec, ospec = specs
+    want, modes, (lspec, rspec, ospec) = _choose(ctx, eqn, d, lhs, rhs, targets[0])
     lhs = ctx.masked(ctx.reshard(lhs, lspec, "conv input"), [d.lhs[1]], 0)
     rhs = ctx.masked(ctx.reshard(rhs, rspec, "conv kernel"), [d.rhs[1]] + list(d.rhs[2:]), 0)
     x, padding = lhs.val, list(p["padding"])
     for k, (mode, axes) in enumerate(modes):
         if mode == "whole":
             continue
-        win = _window_args(eqn, d, k, mode, axes, lhs, rhs, targets[0], ctx)
+        win = _window_args(eqn, d, k, mode, axes, lhs, rhs, want, ctx)
         y = halo.window(ctx, x, d.lhs[2 + k], axes, *win)
         if y is None:
             return _fallback(ctx, eqn, ins, targets)

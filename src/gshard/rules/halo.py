@@ -14,18 +14,22 @@ import jax.numpy as jnp
 from jax import lax
 
 
+MAX_HOPS = 4  # a halo reaches at most this many neighbours' shards; wider: the dim is gathered
+
+
 def tiles(ctx, axes) -> int:
     return math.prod(ctx.sizes[a] for a in axes)
 
 
-def reach(L: int, t: int, start, width: int, n: int) -> tuple[int, int, int, int]:
+def reach(L: int, t: int, start, width: int, n: int, end=None) -> tuple[int, int, int, int]:
     """Rows a device's window [start(i), +width) reaches beyond its own shard of L rows (t
-    devices): (left, right) in all, and (fetch_left, fetch_right) of them inside [0, n), which
-    come from the neighbours; the rest are fill."""
+    devices): (left, right) in all, and (fetch_left, fetch_right) of them inside [0, n) and
+    before end(i) (the rows actually read), which come from the neighbours; the rest are fill."""
+    end = end or (lambda i: start(i) + width)
     left = max(0, max(i * L - start(i) for i in range(t)))
     right = max(0, max(start(i) + width - (i + 1) * L for i in range(t)))
     fl = max(0, max(i * L - max(start(i), 0) for i in range(t)))
-    fr = max(0, max(min(start(i) + width, n) - (i + 1) * L for i in range(t)))
+    fr = max(0, max(min(end(i), n) - (i + 1) * L for i in range(t)))
     return left, right, min(fl, left), min(fr, right)
 
 
@@ -34,23 +38,16 @@ def window(ctx, x, dim: int, axes, n: int, step: int, a0: int, width: int, fill=
     return window_at(ctx, x, dim, axes, n, lambda i: i * step + a0, width, fill)
 
 
-def window_at(ctx, x, dim: int, axes, n: int, start, width: int, fill=0.0):
+def window_at(ctx, x, dim: int, axes, n: int, start, width: int, fill=0.0, end=None):
     """This device's window [start(i), +width) along `dim`, `start` an integer function of the
-    device index (evaluated on ints for the halo sizes, on the traced index at run time)."""
+    device index (evaluated on ints for the halo sizes, on the traced index at run time); rows
+    at or after end(i) are not read (they may be anything)."""
     L, t = x.shape[dim], tiles(ctx, axes)
-    left, right, fl, fr = reach(L, t, start, width, n)
-    if fl > L or fr > L:
+    left, right, fl, fr = reach(L, t, start, width, n, end)
+    if max(fl, fr) > MAX_HOPS * L:
         return None
     parts = [_rows(x, dim, left - fl)] if left > fl else []
-    if fl:
-        edge = lax.slice_in_dim(x, L - fl, L, axis=dim)
-        parts.append(ctx.collective_permute(edge, axes, [(j, j + 1) for j in range(t - 1)],
-                                            f"halo of {fl} rows from the left neighbour"))
-    parts.append(x)
-    if fr:
-        edge = lax.slice_in_dim(x, 0, fr, axis=dim)
-        parts.append(ctx.collective_permute(edge, axes, [(j + 1, j) for j in range(t - 1)],
-                                            f"halo of {fr} rows from the right neighbour"))
+    parts += _from_left(ctx, x, dim, axes, t, L, fl) + [x] + _from_right(ctx, x, dim, axes, t, L, fr)
     if right > fr:
         parts.append(_rows(x, dim, right - fr))
     ext = jnp.concatenate(parts, axis=dim) if len(parts) > 1 else x
@@ -58,6 +55,27 @@ def window_at(ctx, x, dim: int, axes, n: int, start, width: int, fill=0.0):
     pos = lax.broadcasted_iota(jnp.int32, ext.shape, dim) + i * L - left
     ext = jnp.where((pos >= 0) & (pos < n), ext, jnp.asarray(fill, ext.dtype))
     return lax.dynamic_slice_in_dim(ext, start(i) - i * L + left, width, axis=dim)
+
+
+def _from_left(ctx, x, dim, axes, t, L, rows) -> list:
+    """The `rows` rows before this device's shard: from the neighbours 1, 2, ... to the left."""
+    parts, hops = [], -(-rows // L)
+    for j in range(hops, 0, -1):
+        k = rows - (hops - 1) * L if j == hops else L
+        edge = lax.slice_in_dim(x, L - k, L, axis=dim)
+        parts.append(ctx.collective_permute(edge, axes, [(s, s + j) for s in range(t - j)],
+                                            f"halo of {k} rows from the neighbour {j} to the left"))
+    return parts
+
+
+def _from_right(ctx, x, dim, axes, t, L, rows) -> list:
+    parts, hops = [], -(-rows // L)
+    for j in range(1, hops + 1):
+        k = rows - (hops - 1) * L if j == hops else L
+        edge = lax.slice_in_dim(x, 0, k, axis=dim)
+        parts.append(ctx.collective_permute(edge, axes, [(s + j, s) for s in range(t - j)],
+                                            f"halo of {k} rows from the neighbour {j} to the right"))
+    return parts
 
 
 def _rows(x, dim: int, k: int):

@@ -1,9 +1,9 @@
-"""Gather and scatter-add (jnp.take, x[idx], embedding lookups and their gradients).
+"""Gather (jnp.take, x[idx], embedding lookups), dynamic_slice / update, sort, top_k.
 
-Gather: the operand is made whole (an AllGather where it was split, reported); the result's batch
-dims follow the indices' sharding, so a batch-split lookup from a replicated table is local.
-Scatter-add: each device adds its own updates into a zero-initialised copy (the original operand
-kept on one device only), leaving a partial sum over the updates' split axes, reduced lazily.
+Gather: the operand's indexed dims are made whole (an AllGather where they were split, reported),
+except a table split along the one dim it is looked up in (a masked local lookup, a partial sum);
+window dims taken whole keep their split; the result's batch dims follow the indices' sharding, so
+a batch-split lookup from a replicated table is local.
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from ..compat import primitive
 from ..registry import rule
 from ..spec import ShardingSpec, merge
 from ..spmd.local import Local
-from .misc import part_whole, prop_none
 
 
 def _non_window(rank: int, window) -> list[int]:
@@ -27,19 +26,37 @@ def _gather_batch_dims(eqn) -> list[int]:
     return _non_window(len(eqn.outputs[0].shape), eqn.params["dimension_numbers"].offset_dims)
 
 
+def gather_passthrough(eqn) -> list[tuple[int, int]]:
+    """(operand dim, result dim) pairs of window dims the gather takes whole and never indexes:
+    a split there stays a split (x[:, i] of a batch-split x)."""
+    dn, sizes = eqn.params["dimension_numbers"], eqn.params["slice_sizes"]
+    shape = eqn.inputs[0].shape
+    window = [d for d in range(len(shape)) if d not in dn.collapsed_slice_dims
+              and d not in dn.operand_batching_dims]
+    return [(d, o) for d, o in zip(window, dn.offset_dims)
+            if sizes[d] == shape[d] and d not in dn.start_index_map]
+
+
 def prop_gather(eqn, ins, outs, mesh):
     batch = _gather_batch_dims(eqn)
     idx_rank = len(eqn.inputs[1].shape)
-    fwd = bwd = None
-    if ins[1] is not None:
-        dims = [()] * len(eqn.outputs[0].shape)
+    fwd = op = idx = None
+    out_rank, op_rank = len(eqn.outputs[0].shape), len(eqn.inputs[0].shape)
+    if ins[1] is not None or ins[0] is not None:
+        dims = [()] * out_rank
         for k, d in enumerate(batch):
-            dims[d] = ins[1].dims[k]
+            dims[d] = ins[1].dims[k] if ins[1] is not None else ()
+        for od, o in gather_passthrough(eqn):
+            dims[o] = ins[0].dims[od] if ins[0] is not None else ()
         fwd = ShardingSpec(tuple(dims))
     if outs[0] is not None:
         dims = [outs[0].dims[d] for d in batch] + [()]
-        bwd = ShardingSpec(tuple(dims[:idx_rank]))
-    return [None, bwd], [fwd]
+        idx = ShardingSpec(tuple(dims[:idx_rank]))
+        pt = [()] * op_rank
+        for od, o in gather_passthrough(eqn):
+            pt[od] = outs[0].dims[o]
+        op = ShardingSpec(tuple(pt)) if any(pt) else None
+    return [op, idx], [fwd]
 
 
 @rule(P.gather_p, prop=prop_gather)
@@ -54,12 +71,30 @@ def part_gather(ctx, eqn, ins, targets):
     idx_spec = ShardingSpec(tuple(idx_dims[:indices.rank]))
     dn = eqn.params["dimension_numbers"]
     op_spec = _batched(operand.rank, dn.operand_batching_dims, dn.start_indices_batching_dims, idx_spec)
-    operand = ctx.reshard(operand, op_spec, "gather needs the whole operand (but batching dims)")
+    out_dims = [t.dims[d] if d in batch else () for d in range(len(t.dims))]
+    for od, o in gather_passthrough(eqn):  # whole-window dims keep the result's split
+        if t.dims[o] and not set(t.dims[o]) & set(op_spec.used_axes()):
+            op_spec, out_dims[o] = op_spec.with_dim(od, t.dims[o]), t.dims[o]
+    operand = ctx.reshard(operand, op_spec, "gather needs the indexed dims of its operand whole")
     indices = ctx.reshard(indices, idx_spec, "gather indices")
-    val = eqn.prim.bind(operand.val, indices.val, **eqn.params)
-    spec = ShardingSpec(tuple(t.dims[d] if d in batch else () for d in range(len(t.dims))))
-    out = Local(val, spec, eqn.outputs[0].shape)
+    params = dict(eqn.params, slice_sizes=tuple(
+        operand.val.shape[d] if (d, o) in gather_passthrough(eqn) else n
+        for d, (n, o) in enumerate(zip(eqn.params["slice_sizes"], _offsets(eqn)))))
+    val = eqn.prim.bind(operand.val, indices.val, **params)
+    out = Local(val, ShardingSpec(tuple(out_dims)), eqn.outputs[0].shape)
     return [ctx.reshard(out, t, "gather result to its propagated spec")]
+
+
+def _offsets(eqn) -> list:
+    """The result dim of each operand dim's window (None for collapsed / batching dims)."""
+    dn = eqn.params["dimension_numbers"]
+    shape = eqn.inputs[0].shape
+    window = [d for d in range(len(shape)) if d not in dn.collapsed_slice_dims
+              and d not in dn.operand_batching_dims]
+    out = [None] * len(shape)
+    for d, o in zip(window, dn.offset_dims):
+        out[d] = o
+    return out
 
 
 def _batched(rank, operand_dims, index_dims, idx_spec: ShardingSpec) -> ShardingSpec:
@@ -68,82 +103,6 @@ def _batched(rank, operand_dims, index_dims, idx_spec: ShardingSpec) -> Sharding
     for od, idd in zip(operand_dims, index_dims):
         dims[od] = idx_spec.dims[idd]
     return ShardingSpec(tuple(dims))
-
-
-# ----- scatter-add ------------------------------------------------------------------------------
-def _scatter_dims(eqn) -> list[int]:
-    return _non_window(len(eqn.inputs[2].shape),
-                       eqn.params["dimension_numbers"].update_window_dims)
-
-
-def prop_scatter(eqn, ins, outs, mesh):
-    scatter = _scatter_dims(eqn)
-    idx_rank = len(eqn.inputs[1].shape)
-    idx = None
-    if ins[2] is not None:
-        dims = [ins[2].dims[d] for d in scatter] + [()]
-        idx = ShardingSpec(tuple(dims[:idx_rank]))
-    src = ins[1] if ins[1] is not None else idx
-    dn = eqn.params["dimension_numbers"]
-    op = None
-    if src is not None and dn.operand_batching_dims:
-        op = _batched(len(eqn.inputs[0].shape), dn.operand_batching_dims,
-                      dn.scatter_indices_batching_dims, src)
-    if outs[0] is not None and dn.operand_batching_dims and op is None:
-        op = outs[0]
-    upd = _updates_from_indices(eqn, ins[1]) if ins[1] is not None else None
-    return [op, idx, upd], [op]
-
-
-def _batching_updates(eqn, idx_dims, op_dims=None) -> list:
-    """Updates dims whose batching scatter dims take the indices' split (else the operand's
-    batching dim's); every other dim whole. A split elsewhere would leave the whole operand a
-    partial sum, so only batching dims are taken over."""
-    scatter = _scatter_dims(eqn)
-    dn = eqn.params["dimension_numbers"]
-    dims = [()] * len(eqn.inputs[2].shape)
-    for od, idd in zip(dn.operand_batching_dims, dn.scatter_indices_batching_dims):
-        if idd < len(scatter):
-            dims[scatter[idd]] = idx_dims[idd] or (op_dims[od] if op_dims else ())
-    return dims
-
-
-def _updates_from_indices(eqn, idx: ShardingSpec):
-    """Propagated updates spec from the indices (batching dims only); None when it is whole."""
-    dims = _batching_updates(eqn, idx.dims)
-    return ShardingSpec(tuple(dims)) if any(dims) else None
-
-
-def _scatter_plan(eqn, operand: Local, indices: Local, updates: Local) -> list:
-    """Dims of the updates to compute with: the updates' own split of their scatter dims; when
-    they have none, the split of the batching dims, so a replicated updates array is sliced
-    locally rather than the indices gathered."""
-    scatter = _scatter_dims(eqn)
-    own = [updates.spec.dims[d] if d in scatter else () for d in range(updates.rank)]
-    return own if any(own) else _batching_updates(eqn, indices.spec.dims, operand.spec.dims)
-
-
-@rule(P.scatter_add_p, prop=prop_scatter)
-def part_scatter_add(ctx, eqn, ins, targets):
-    operand, indices, updates = ins
-    scatter = _scatter_dims(eqn)
-    udims = _scatter_plan(eqn, operand, indices, updates)
-    updates = ctx.reshard(updates, ShardingSpec(tuple(udims)), "scatter-add updates")
-    idx_dims = [udims[d] for d in scatter] + [()]
-    indices = ctx.reshard(indices, ShardingSpec(tuple(idx_dims[:indices.rank])), "scatter indices")
-    dn = eqn.params["dimension_numbers"]
-    idx_spec = ShardingSpec(tuple(idx_dims[:indices.rank]))
-    op_spec = _batched(operand.rank, dn.operand_batching_dims, dn.scatter_indices_batching_dims,
-                       idx_spec)
-    axes = tuple(a for d in udims for a in d if a not in op_spec.used_axes())
-    operand = ctx.reshard(operand, op_spec, "scatter-add operand")
-    base = operand.val
-    if axes:  # the operand counts once: on the first device of the split axes
-        base = jnp.where(ctx.shard_index(axes) == 0, base, jnp.zeros_like(base))
-    updates = ctx.masked(updates, scatter, 0)
-    val = eqn.prim.bind(base, indices.val, updates.val, **eqn.params)
-    out = Local(val, op_spec.with_partial(ctx.new_partial(axes)), eqn.outputs[0].shape)
-    return [out]
 
 
 # ----- vocabulary-split lookups: masked local gather + a partial sum --------------------------
@@ -296,9 +255,3 @@ def part_along(ctx, eqn, ins, targets):
     outs = outs if eqn.prim.multiple_results else [outs]
     res = [Local(v, want, o.shape) for v, o in zip(outs, eqn.outputs)]
     return [ctx.reshard(r, t, f"{eqn.prim.name} result") for r, t in zip(res, targets)]
-
-
-# ----- other scatters: computed whole, then sliced (reported as full replication) --------------
-WHOLE = [p for p in (getattr(P, f"{n}_p", None) for n in ("scatter", "scatter_mul", "scatter_min",
-                                                          "scatter_max")) if p is not None]
-rule(WHOLE, prop=prop_none)(part_whole)

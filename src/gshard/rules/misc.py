@@ -60,6 +60,7 @@ def part_unstack(ctx, eqn, ins, targets):
 
 RANDOM = [p for p in (primitive(n) for n in (
     "random_seed", "random_wrap", "random_unwrap", "random_split", "random_fold_in", "random_bits",
+    "random_clone",
     "rng_bit_generator")) if p is not None]
 
 

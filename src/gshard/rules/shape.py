@@ -153,7 +153,12 @@ def part_broadcast(ctx, eqn, ins, targets):
     dims = [()] * x.rank
     for i, o in _bcast_map(eqn):
         dims[i] = t.dims[o]
-    x = ctx.reshard(x, ShardingSpec(tuple(dims), x.spec.partial), "broadcast operand")
+    # a partial sum is reduced before a broadcast makes it bigger (BatchNorm statistics per
+    # channel, not per activation); an expand_dims keeps it partial
+    grows = math.prod(t.local_shape(eqn.outputs[0].shape, ctx.sizes)) > \
+        math.prod(ShardingSpec(tuple(dims)).local_shape(x.shape, ctx.sizes))
+    partial = () if grows else x.spec.partial
+    x = ctx.reshard(x, ShardingSpec(tuple(dims), partial), "broadcast operand")
     local = t.local_shape(eqn.outputs[0].shape, ctx.sizes)
     val = lax.broadcast_in_dim(x.val, local, eqn.params["broadcast_dimensions"])
     return [Local(val, t.with_partial(x.spec.partial), eqn.outputs[0].shape)]

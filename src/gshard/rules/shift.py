@@ -71,8 +71,9 @@ def _halo_pad(ctx, x, d, axes, n, prm, Lo):
     lo, _, interior = prm
     k = interior + 1
     first = lambda i: (i * Lo - lo + k - 1) // k  # noqa: E731  (ints and traced ints)
-    wq = -(-Lo // k) + 1
-    w = halo.window_at(ctx, x, d, axes, n, first, wq)
+    last = lambda i: ((i + 1) * Lo - 1 - lo) // k  # noqa: E731
+    wq = max(1, max(last(i) - first(i) + 1 for i in range(halo.tiles(ctx, axes))))
+    w = halo.window_at(ctx, x, d, axes, n, first, wq, end=lambda i: last(i) + 1)
     if w is None:
         return None
     dil = _zero_pad(w, d, (k - 1, k - 1, interior))  # operand row j at k-1 + j*k

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from ..propagate.engine import Propagation
 from ..spec import ShardingSpec
-from ..trace.graph import Graph, Lit
+from ..trace.graph import Graph, Lit, Value
 from .local import Ctx, Local
 from ..registry import RULES
 
@@ -89,6 +89,7 @@ def run_eqns(ctx: Ctx, graph: Graph, env: dict, prop: Propagation):
     for v, c in graph.consts.items():
         full = Local(jnp.asarray(c), ShardingSpec.replicated(len(v.shape)), v.shape)
         env[v] = ctx.reshard(full, prop.spec(v), "closed-over constant placed by its spec")
+    uses = fanout(graph)
     for eqn in graph.eqns:
         ins = [read(x) for x in eqn.inputs]
         targets = [prop.spec(o) for o in eqn.outputs]
@@ -99,5 +100,20 @@ def run_eqns(ctx: Ctx, graph: Graph, env: dict, prop: Propagation):
                 inherited = [i.origin for i in ins if i.spec.partial and i.origin]
                 loc = replace(loc, origin=inherited[0] if inherited
                               else f"{eqn.prim.name} at {eqn.where}")
+            if loc.spec.partial and uses.get(o, 0) > 1:  # one reduction shared by its users
+                loc = ctx.reshard(loc, targets[eqn.outputs.index(o)].drop_partial(),
+                                  f"a partial sum read by {uses[o]} ops, reduced once")
             env[o] = loc
     return read
+
+
+def fanout(graph: Graph) -> dict:
+    """Value -> number of distinct equations (and program outputs) that read it."""
+    out: dict = {}
+    for e in graph.eqns:
+        for x in {id(x): x for x in e.inputs if isinstance(x, Value)}.values():
+            out[x] = out.get(x, 0) + 1
+    for x in graph.outvars:
+        if isinstance(x, Value):
+            out[x] = out.get(x, 0) + 1
+    return out

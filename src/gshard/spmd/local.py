@@ -86,6 +86,14 @@ class Ctx:
             self._memo[key] = (x, reshard(self, x, spec, reason))
         return self._memo[key][1]
 
+    def cost(self, x: Local, spec: ShardingSpec) -> float:
+        """Bytes resharding x to spec would move per device: 0 when that reshard is already done
+        (a forward pass's gather reused by the backward)."""
+        from .plan import reshard_cost
+        if x.spec == spec or (id(x), spec) in self._memo:
+            return 0.0
+        return reshard_cost(x.spec, spec, x.shape, jnp.dtype(x.dtype).itemsize, self.sizes)
+
     def shard_index(self, axes) -> Any:
         return coll.axis_index(axes)
 

@@ -33,9 +33,10 @@ class Outcome:
 
 def run_case(prog: Program) -> Outcome:
     try:
-        target, args, mesh = prog.build()
-        ref = jax.jit(target)(*args)
+        ref_target, args, _ = prog.build(reference=True)
+        ref = jax.jit(ref_target)(*args)
         jax.block_until_ready(ref)
+        target, _, mesh = prog.build()
     except Exception as e:  # noqa: BLE001
         return Outcome("invalid", f"{type(e).__name__}: {e}"[:2000])
     try:
@@ -48,7 +49,7 @@ def run_case(prog: Program) -> Outcome:
         return Outcome("crash", "".join(traceback.format_exception(e))[-4000:])
     err = mismatch(got, ref)
     if err:
-        return _verdict(target, args, got, ref, err)
+        return _verdict(ref_target, args, got, ref, err)
     bad = collective_records_mismatch(low)
     return Outcome("crash", bad) if bad else Outcome("ok")
 

@@ -103,19 +103,27 @@ class Program:
                 f"target = jax.value_and_grad(loss, argnums={argnums})")
 
     def mesh_source(self) -> str:
-        shape = MESHES[self.mesh]
-        return (f"mesh = jax.make_mesh({shape}, {AXES[len(shape)]})\n"
-                f"auto_mesh = jax.make_mesh({shape}, {AXES[len(shape)]}, "
-                f"axis_types=(jax.sharding.AxisType.Auto,) * {len(shape)})")
+        """`mesh` for gshard, `auto_mesh` for the program's with_sharding_constraint calls, and
+        `one_device`: the same axis names on one device, so the reference run is unpartitioned
+        (XLA's own partitioner never runs in the reference)."""
+        shape, names = MESHES[self.mesh], AXES[len(MESHES[self.mesh])]
+        auto = f"axis_types=(jax.sharding.AxisType.Auto,) * {len(shape)}"
+        return (f"mesh = jax.make_mesh({shape}, {names})\n"
+                f"auto_mesh = jax.make_mesh({shape}, {names}, {auto})\n"
+                f"one_device = jax.make_mesh({(1,) * len(shape)}, {names}, {auto}, "
+                f"devices=jax.devices()[:1])")
 
     # ----- execution ----------------------------------------------------------------------------
-    def build(self):
-        """(target function, args, mesh) from the rendered source."""
+    def build(self, reference: bool = False):
+        """(target function, args, mesh) from the rendered source; for the unpartitioned
+        reference, with_sharding_constraint calls name a one-device mesh."""
         ns = namespace()
         exec(self.mesh_source(), ns)  # noqa: S102 - our own generated program
         exec(self.body_source(), ns)  # noqa: S102
         exec(self.args_source(), ns)  # noqa: S102
         exec(self.target_source(), ns)  # noqa: S102
+        if reference:
+            ns["auto_mesh"] = ns["one_device"]
         return ns["target"], ns["args"], ns["mesh"]
 
 
@@ -153,7 +161,9 @@ from gshard.testing import assert_close
 
 {args}
 {target}
+real_mesh, auto_mesh = auto_mesh, one_device  # the reference: unpartitioned
 ref = jax.jit(target)(*args)
+auto_mesh = real_mesh
 got = gshard.partition(target, mesh)(*args)
 assert_close(got, ref, rtol=2e-3, atol=2e-3)
 print("ok: gshard matches jax.jit")

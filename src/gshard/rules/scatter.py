@@ -1,0 +1,133 @@
+"""Scatter-add (the gradient of gathers, .at[].add) and the other scatters.
+
+Scatter-add: each device adds its own updates into a zero-initialised copy (the original operand
+kept on one device only), leaving a partial sum over the updates' split axes, reduced lazily.
+Window dims the updates cover whole keep the operand's split (no partial sum there). Other
+scatters (set, mul, min, max) are computed whole and sliced (reported).
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax.extend.core import primitives as P
+
+from ..registry import rule
+from ..spec import ShardingSpec, merge
+from ..spmd.local import Local
+from .indexing import _batched, _non_window
+from .misc import part_whole, prop_none
+
+
+# ----- scatter-add ------------------------------------------------------------------------------
+def _scatter_dims(eqn) -> list[int]:
+    return _non_window(len(eqn.inputs[2].shape),
+                       eqn.params["dimension_numbers"].update_window_dims)
+
+
+def scatter_passthrough(eqn) -> list[tuple[int, int]]:
+    """(operand dim, updates dim) pairs of window dims the updates cover whole and the indices
+    never address: a split there stays a split."""
+    dn = eqn.params["dimension_numbers"]
+    op_shape, upd_shape = eqn.inputs[0].shape, eqn.inputs[2].shape
+    window = [d for d in range(len(op_shape)) if d not in dn.inserted_window_dims
+              and d not in dn.operand_batching_dims]
+    return [(d, u) for d, u in zip(window, dn.update_window_dims)
+            if upd_shape[u] == op_shape[d] and d not in dn.scatter_dims_to_operand_dims]
+
+
+def _pass_specs(eqn, op_spec, upd_spec):
+    """Operand-side and updates-side specs of the pass-through dims (None when none is split)."""
+    op_rank, upd_rank = len(eqn.inputs[0].shape), len(eqn.inputs[2].shape)
+    op, upd = [()] * op_rank, [()] * upd_rank
+    for d, u in scatter_passthrough(eqn):
+        axes = (op_spec.dims[d] if op_spec is not None else ()) or \
+            (upd_spec.dims[u] if upd_spec is not None else ())
+        op[d] = upd[u] = axes
+    if not any(op):
+        return None, None
+    return ShardingSpec(tuple(op)), ShardingSpec(tuple(upd))
+
+
+def prop_scatter(eqn, ins, outs, mesh):
+    op, idx, upd = _prop_indexed(eqn, ins, outs)
+    pop, pupd = _pass_specs(eqn, outs[0] or ins[0], ins[2])
+    return [merge(op, pop), idx, merge(upd, pupd)], [merge(op, pop)]
+
+
+def _prop_indexed(eqn, ins, outs):
+    scatter = _scatter_dims(eqn)
+    idx_rank = len(eqn.inputs[1].shape)
+    idx = None
+    if ins[2] is not None:
+        dims = [ins[2].dims[d] for d in scatter] + [()]
+        idx = ShardingSpec(tuple(dims[:idx_rank]))
+    src = ins[1] if ins[1] is not None else idx
+    dn = eqn.params["dimension_numbers"]
+    op = None
+    if src is not None and dn.operand_batching_dims:
+        op = _batched(len(eqn.inputs[0].shape), dn.operand_batching_dims,
+                      dn.scatter_indices_batching_dims, src)
+    if outs[0] is not None and dn.operand_batching_dims and op is None:
+        op = outs[0]
+    upd = _updates_from_indices(eqn, ins[1]) if ins[1] is not None else None
+    return op, idx, upd
+
+
+def _batching_updates(eqn, idx_dims, op_dims=None) -> list:
+    """Updates dims whose batching scatter dims take the indices' split (else the operand's
+    batching dim's); every other dim whole. A split elsewhere would leave the whole operand a
+    partial sum, so only batching dims are taken over."""
+    scatter = _scatter_dims(eqn)
+    dn = eqn.params["dimension_numbers"]
+    dims = [()] * len(eqn.inputs[2].shape)
+    for od, idd in zip(dn.operand_batching_dims, dn.scatter_indices_batching_dims):
+        if idd < len(scatter):
+            dims[scatter[idd]] = idx_dims[idd] or (op_dims[od] if op_dims else ())
+    return dims
+
+
+def _updates_from_indices(eqn, idx: ShardingSpec):
+    """Propagated updates spec from the indices (batching dims only); None when it is whole."""
+    dims = _batching_updates(eqn, idx.dims)
+    return ShardingSpec(tuple(dims)) if any(dims) else None
+
+
+def _scatter_plan(eqn, operand: Local, indices: Local, updates: Local) -> list:
+    """Dims of the updates to compute with: the updates' own split of their scatter dims; when
+    they have none, the split of the batching dims, so a replicated updates array is sliced
+    locally rather than the indices gathered."""
+    scatter = _scatter_dims(eqn)
+    own = [updates.spec.dims[d] if d in scatter else () for d in range(updates.rank)]
+    return own if any(own) else _batching_updates(eqn, indices.spec.dims, operand.spec.dims)
+
+
+@rule(P.scatter_add_p, prop=prop_scatter)
+def part_scatter_add(ctx, eqn, ins, targets):
+    operand, indices, updates = ins
+    scatter = _scatter_dims(eqn)
+    udims = _scatter_plan(eqn, operand, indices, updates)
+    idx_dims = [udims[d] for d in scatter] + [()]
+    idx_spec = ShardingSpec(tuple(idx_dims[:indices.rank]))
+    dn = eqn.params["dimension_numbers"]
+    op_spec = _batched(operand.rank, dn.operand_batching_dims, dn.scatter_indices_batching_dims,
+                       idx_spec)
+    for d, u in scatter_passthrough(eqn):  # whole-window dims keep the result's split
+        want = targets[0].dims[d]
+        if want and not set(want) & (set(op_spec.used_axes()) | {a for x in udims for a in x}):
+            op_spec, udims[u] = op_spec.with_dim(d, want), want
+    updates = ctx.reshard(updates, ShardingSpec(tuple(udims)), "scatter-add updates")
+    indices = ctx.reshard(indices, idx_spec, "scatter indices")
+    axes = tuple(a for d in udims for a in d if a not in op_spec.used_axes())
+    operand = ctx.reshard(operand, op_spec, "scatter-add operand")
+    base = operand.val
+    if axes:  # the operand counts once: on the first device of the split axes
+        base = jnp.where(ctx.shard_index(axes) == 0, base, jnp.zeros_like(base))
+    updates = ctx.masked(updates, scatter, 0)
+    val = eqn.prim.bind(base, indices.val, updates.val, **eqn.params)
+    out = Local(val, op_spec.with_partial(ctx.new_partial(axes)), eqn.outputs[0].shape)
+    return [out]
+
+
+# ----- other scatters: computed whole, then sliced (reported as full replication) --------------
+WHOLE = [p for p in (getattr(P, f"{n}_p", None) for n in ("scatter", "scatter_mul", "scatter_min",
+                                                          "scatter_max")) if p is not None]
+rule(WHOLE, prop=prop_none)(part_whole)
