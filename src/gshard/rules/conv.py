@@ -59,8 +59,11 @@ def prop_conv(eqn, ins, outs, mesh):
         out[d.out[0]], lhs[d.lhs[0]] = ld[d.lhs[0]], od[d.out[0]]
     if not _grouped(eqn):
         out[d.out[1]], rhs[d.rhs[0]] = rd[d.rhs[0]], od[d.out[1]]
+    oshape = eqn.outputs[0].shape
     for k in range(d.nspatial):
-        if rshape[d.rhs[2 + k]] < lshape[d.lhs[2 + k]] and eqn.params["lhs_dilation"][k] == 1:
+        n, no = lshape[d.lhs[2 + k]], oshape[d.out[2 + k]]
+        same_extent = 2 * no * eqn.params["window_strides"][k] >= n  # not a kernel gradient
+        if rshape[d.rhs[2 + k]] < n and eqn.params["lhs_dilation"][k] == 1 and same_extent:
             out[d.out[2 + k]], lhs[d.lhs[2 + k]] = ld[d.lhs[2 + k]], od[d.out[2 + k]]
     return [ShardingSpec(tuple(lhs)), ShardingSpec(tuple(rhs))], [ShardingSpec(tuple(out))]
 
