@@ -69,10 +69,10 @@ class Built:
         return jax.tree_util.tree_unflatten(self.out_tree, self.call(*self.args))
 
 
-def build_gshard(fn, mesh, args) -> Built:
+def build_gshard(fn, mesh, args, in_specs=None) -> Built:
     """gshard.partition(fn, mesh), lowered and compiled for args (placed as gshard wants)."""
     t0 = time.perf_counter()
-    low = gshard.partition(fn, mesh).lower(*args)
+    low = gshard.partition(fn, mesh, in_specs=in_specs).lower(*args)
     t1 = time.perf_counter()
     leaves = jax.tree_util.tree_leaves(args)
     placed = tuple(jax.device_put(a, s) for a, s in zip(leaves, low.program.in_shardings))
