@@ -75,9 +75,9 @@ def build_gshard(fn, mesh, args, in_specs=None) -> Built:
     low = gshard.partition(fn, mesh, in_specs=in_specs).lower(*args)
     t1 = time.perf_counter()
     leaves = jax.tree_util.tree_leaves(args)
-    placed = tuple(jax.device_put(a, s) for a, s in zip(leaves, low.program.in_shardings))
+    placed = tuple(low.program.place(leaves))
     t2 = time.perf_counter()
-    compiled = low.program.call.lower(*placed).compile()
+    compiled = low.program.call
     t3 = time.perf_counter()
     b = Built("gshard", compiled, placed, low.out_tree, t1 - t0, t3 - t2, compiled.as_text(),
               list(low.collectives))

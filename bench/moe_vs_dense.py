@@ -69,8 +69,8 @@ def compiled(fn, args, devices):
         return lambda: c(*placed)
     mesh = auto_mesh((devices,), ("x",))
     low = gshard.partition(fn, mesh).lower(*args)
-    placed = [jax.device_put(a, s) for a, s in zip(args, low.program.in_shardings)]
-    c = low.program.call.lower(*placed).compile()
+    placed = low.program.place(args)
+    c = low.program.call
     return lambda: c(*placed)
 
 

@@ -103,7 +103,7 @@ def bench_one(name, shape, rounds, target_s, detail=False, dump=None):
     mesh = auto_mesh(shape)
     fn, args = PROGRAMS[name](shape, np.random.default_rng(0))
     g = build_gshard(fn, mesh, args)
-    x = build_xla(fn, mesh, args, g.lowered.program.in_shardings)
+    x = build_xla(fn, mesh, args, g.lowered.program.jit_in_shardings)
     diff = max_rel_diff(g.run(), x.run())
     # calls per round: about target_s of work per program per round
     import time

@@ -71,7 +71,7 @@ def bench_one(name, maker, kw, shape, rounds, calls):
     mesh = auto_mesh(shape, ("data", "model")[:len(shape)])
     fn, args, in_specs = problem(maker, kw, shape)
     g = build_gshard(fn, mesh, args, in_specs)
-    x = build_xla(fn, mesh, args, g.lowered.program.in_shardings)
+    x = build_xla(fn, mesh, args, g.lowered.program.jit_in_shardings)
     diff = scaled_diff(g.run(), x.run())
     (tx, tg), (_, ratio), _ = interleaved([lambda: x.call(*x.args), lambda: g.call(*g.args)],
                                           rounds=rounds, calls=calls)  # ratio: gshard / XLA

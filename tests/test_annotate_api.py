@@ -108,7 +108,8 @@ def test_inputs_any_sharding_outputs_named_sharding_and_cache():
         out = pf(arg)
         np.testing.assert_allclose(out, np.tanh(x), rtol=1e-6)
         assert out.sharding.spec == PartitionSpec("data", "model")
-    assert pf.lower(x) is pf.lower(other)  # compiled once per input signature
+    assert pf.lower(x) is pf.lower(jnp.asarray(x))  # partitioned once per input signature
+    assert "committed" in pf.lower(other).explain()  # a committed sharding is part of it, as in jit
 
 
 def test_pytrees_in_and_out():

@@ -27,7 +27,7 @@ def test_gshard_and_xla_baseline_agree(shape):
     ]
     for fn, args in progs:
         g = B.build_gshard(fn, mesh, args)
-        x = B.build_xla(fn, mesh, args, g.lowered.program.in_shardings)
+        x = B.build_xla(fn, mesh, args, g.lowered.program.jit_in_shardings)
         assert "sharding" in x.hlo.lower() or B.hlo_collectives(x.hlo)  # XLA partitioned it
         assert B.max_rel_diff(g.run(), x.run()) < 1e-6
         # the HLO parser agrees with gshard's own report on gshard's compiled program

@@ -71,7 +71,11 @@ def test_reshape_groups_and_rule():
     sizes = {"x": 8}
     keep, _ = map_reshape(ShardingSpec((("x",), ())), (8, 16), (128,), sizes)
     assert keep.dims == (("x",),)
-    lose, survived = map_reshape(ShardingSpec(((), ("x",))), (8, 16), (128,), sizes)
+    # a split of the minor dim moves to the major one (an AllToAll before the reshape) ...
+    moved, needed = map_reshape(ShardingSpec(((), ("x",))), (8, 16), (128,), sizes)
+    assert moved.dims == (("x",),) and needed.dims == (("x",), ())
+    # ... unless the tiles do not divide the major dim
+    lose, survived = map_reshape(ShardingSpec(((), ("x",))), (6, 16), (96,), sizes)
     assert lose.dims == ((),) and survived.dims == ((), ())
     back, _ = map_reshape(ShardingSpec((("x",),)), (128,), (16, 8), sizes)
     assert back.dims == (("x",), ())

@@ -20,7 +20,7 @@ from .manual import partition_mesh
 from .mesh import MeshInfo
 from .spec import ShardingSpec
 from .propagate.engine import Propagation, check_supported, propagate
-from .runtime import Program, build, place
+from .runtime import Program, build
 from .trace.graph import Eqn, Graph, Value, trace
 
 
@@ -58,7 +58,7 @@ class Partitioned:
             raise GShardError(f"the mesh {self.mesh.describe()} is abstract (no devices): use "
                               f".lower(...) to inspect it, or pass a concrete jax.sharding.Mesh")
         leaves = jax.tree_util.tree_leaves(args)
-        outs = low.program.call(*place(leaves, low.program.in_shardings))
+        outs = low.program.call(*low.program.place(leaves))
         return jax.tree_util.tree_unflatten(low.out_tree, outs)
 
 

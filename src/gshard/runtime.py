@@ -1,17 +1,20 @@
-"""The only builder of jax.shard_map: the per-device program under jax.jit.
+"""The only builder of jax.shard_map: the per-device program under jax.jit, traced once.
 
-Inputs are padded to whole tiles (uneven dims) and placed by their propagated specs; outputs
-are trimmed back to their true shapes and returned as jax Arrays with NamedShardings matching the
-propagated output specs (an uneven dim cannot be held sharded by a jax.Array, so it comes back
-replicated on that dim).
+Inputs are padded to whole tiles (uneven dims) on the host or shard by shard on the devices and
+placed by their propagated specs, so no device holds an uneven input whole; outputs are trimmed
+back to their true shapes and returned as jax Arrays with NamedShardings matching the propagated
+output specs (an uneven dim cannot be held sharded by a jax.Array, so it comes back replicated on
+that dim).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.extend.core import ClosedJaxpr
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -24,25 +27,66 @@ from .spec import ShardingSpec
 
 @dataclass
 class Program:
-    """The built SPMD program: its jitted callable, per-device jaxpr and collectives."""
-    call: Callable | None
+    """The built SPMD program: traced once; `call` takes the placed (padded, sharded) inputs."""
+    traced: Any
     per_device_jaxpr: Any
     collectives: list
-    in_shardings: list
+    in_shardings: list         # of the padded inputs: uneven dims sharded too
     out_shardings: list
+    in_shapes: list = field(default_factory=list)
+    padded_shapes: list = field(default_factory=list)
+    _compiled: Any = None
+
+    @property
+    def call(self) -> Callable | None:
+        """The compiled executable (compiled on first use, from the one trace)."""
+        if self.traced is None:
+            return None
+        if self._compiled is None:
+            self._compiled = self.traced.lower().compile()
+        return self._compiled
+
+    @property
+    def jit_in_shardings(self) -> list:
+        """The inputs' shardings as a jax.jit baseline takes unpadded inputs (uneven dims whole)."""
+        return [NamedSharding(s.mesh, even_pspec(_spec_of(s), n, _sizes(s))) for s, n in
+                zip(self.in_shardings, self.in_shapes)]
+
+    def place(self, args) -> list:
+        """Each input padded to whole tiles and placed by its spec: no device holds an uneven
+        input whole."""
+        return [_place_one(a, n, p, s) for a, n, p, s in
+                zip(args, self.in_shapes, self.padded_shapes, self.in_shardings)]
+
+
+def _spec_of(sharding) -> ShardingSpec:
+    return ShardingSpec.from_partition_spec(sharding.spec, len(sharding.spec))
+
+
+def _sizes(sharding) -> dict:
+    return dict(zip(sharding.mesh.axis_names, sharding.mesh.axis_sizes))
+
+
+def _place_one(a, shape, padded, sharding):
+    if tuple(shape) == tuple(padded):
+        return jax.device_put(a, sharding)
+    if isinstance(a, jax.Array):  # pad on the devices, each computing its own shard
+        return _device_pad(tuple(shape), tuple(padded), sharding)(a)
+    a = np.asarray(a)
+    return jax.device_put(np.pad(a, [(0, p - n) for n, p in zip(shape, padded)]), sharding)
+
+
+@functools.lru_cache(maxsize=256)
+def _device_pad(shape, padded, sharding):
+    return jax.jit(lambda x: jnp.pad(x, [(0, p - n) for n, p in zip(shape, padded)]),
+                   out_shardings=sharding)
 
 
 def even_pspec(spec: ShardingSpec, shape, sizes) -> PartitionSpec:
-    """The PartitionSpec a jax.Array can hold: uneven dims replicated."""
+    """The PartitionSpec a jax.Array of `shape` can hold: uneven dims replicated."""
     uneven = set(spec.uneven_dims(shape, sizes))
-    return ShardingSpec(tuple(() if d in uneven else a for d, a in enumerate(spec.dims))
-                        ).to_partition_spec()
-
-
-def _pad(x, shape, padded):
-    if tuple(shape) == tuple(padded):
-        return x
-    return jnp.pad(x, [(0, p - n) for n, p in zip(shape, padded)])
+    dims = tuple(() if d in uneven else a for d, a in enumerate(spec.dims))
+    return ShardingSpec(dims).to_partition_spec()
 
 
 def _trim(x, shape):
@@ -52,10 +96,13 @@ def _trim(x, shape):
 
 
 def build(graph, prop, mesh: MeshInfo, avals, donate=()) -> Program:
+    """Trace the per-device program once (its jaxpr and collectives come from that trace, and
+    the executable is lowered from it)."""
     sizes = mesh.sizes
     in_specs = [prop.spec(v) for v in graph.invars]
     out_specs = [prop.spec(x).drop_partial() for x in graph.outvars]
     in_shapes = [tuple(a.shape) for a in avals]
+    padded = [s.padded_shape(n, sizes) for s, n in zip(in_specs, in_shapes)]
     out_shapes = [tuple(x.shape) for x in graph.outvars]
     holder: dict = {}
 
@@ -69,21 +116,21 @@ def build(graph, prop, mesh: MeshInfo, avals, donate=()) -> Program:
                          out_specs=tuple(s.to_partition_spec() for s in out_specs), check_vma=False)
 
     def outer(*flat):
-        padded = [_pad(x, n, s.padded_shape(n, sizes)) for x, n, s in zip(flat, in_shapes, in_specs)]
-        outs = smap(*padded)
-        return tuple(_trim(o, n) for o, n in zip(outs, out_shapes))
+        return tuple(_trim(o, n) for o, n in zip(smap(*flat), out_shapes))
 
-    closed = jax.make_jaxpr(outer)(*avals)
-    per_device = _inner(closed)
-    records = list(holder["rec"].records)
+    padded_avals = [jax.ShapeDtypeStruct(p, a.dtype) for p, a in zip(padded, avals)]
     if mesh.is_abstract:
-        return Program(None, per_device, records, [], [])
+        traced = jax.jit(outer).trace(*padded_avals)
+        return Program(None, _inner(traced.jaxpr), list(holder["rec"].records), [], [],
+                       in_shapes, padded)
     amesh = mesh.auto_mesh()
-    ins = [NamedSharding(amesh, even_pspec(s, n, sizes)) for s, n in zip(in_specs, in_shapes)]
+    ins = [NamedSharding(amesh, s.to_partition_spec()) for s in in_specs]
     outs = [NamedSharding(amesh, even_pspec(s, n, sizes)) for s, n in zip(out_specs, out_shapes)]
     jitted = jax.jit(outer, in_shardings=tuple(ins), out_shardings=tuple(outs),
                      donate_argnums=tuple(donate))
-    return Program(jitted, per_device, records, ins, outs)
+    traced = jitted.trace(*padded_avals)
+    return Program(traced, _inner(traced.jaxpr), list(holder["rec"].records), ins, outs,
+                   in_shapes, padded)
 
 
 def _inner(closed) -> ClosedJaxpr:
@@ -91,11 +138,6 @@ def _inner(closed) -> ClosedJaxpr:
         if e.primitive.name == "shard_map":
             return ClosedJaxpr(e.params["jaxpr"], ())
     raise AssertionError("no shard_map in the traced program")
-
-
-def place(args, shardings):
-    """Put each input where its propagated spec says (numpy or any jax.Array sharding)."""
-    return [jax.device_put(a, s) for a, s in zip(args, shardings)]
 
 
 def manual_region(fn: Callable, mesh, in_specs, out_specs) -> Callable:

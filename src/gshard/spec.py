@@ -141,3 +141,25 @@ def merge(current: ShardingSpec | None, proposal: ShardingSpec | None) -> Shardi
                 dims[i] = new
                 used |= set(extra)
     return ShardingSpec(tuple(dims), current.partial)
+
+
+def relocate(spec: ShardingSpec | None, whole: Sequence[int], shape: Sequence[int],
+             sizes: Mapping[str, int]) -> ShardingSpec | None:
+    """`spec` with the dims in `whole` unsplit, their axes moved to another dim where they
+    divide it evenly (the largest such dim), so an op that needs some dims whole keeps the rest
+    of the work split (an AllToAll) instead of replicating it. Axes with no such dim are dropped."""
+    if spec is None:
+        return None
+    dims = [() if d in whole else a for d, a in enumerate(spec.dims)]
+    moved = [a for d in whole for a in spec.dims[d]]
+    for a in moved:
+        best = None
+        for d, n in enumerate(shape):
+            if d in whole:
+                continue
+            t = math.prod(sizes[x] for x in dims[d]) * sizes[a]
+            if n % t == 0 and n >= t and (best is None or n > shape[best]):
+                best = d
+        if best is not None:
+            dims[best] = dims[best] + (a,)
+    return ShardingSpec(tuple(dims), spec.partial)

@@ -13,7 +13,7 @@ from jax.extend.core import primitives as P
 
 from ..compat import primitive
 from ..registry import rule
-from ..spec import ShardingSpec, merge
+from ..spec import ShardingSpec, merge, relocate
 from ..spmd.local import Local
 
 
@@ -196,11 +196,13 @@ def _keep(spec, full):
 
 def prop_dynamic(eqn, ins, outs, mesh):
     full = _full_dims(eqn)
-    props = [_keep(outs[0], full)]
+    sliced = [d for d, f in enumerate(full) if not f]
+    keep = lambda s: relocate(s, sliced, eqn.inputs[0].shape, mesh.sizes)  # noqa: E731
+    props = [keep(outs[0])]
     if eqn.prim is P.dynamic_update_slice_p:
-        props.append(_keep(outs[0], full))
+        props.append(keep(outs[0]))
     props += [None] * (len(ins) - len(props))
-    fwd = _keep(ins[0], full) if eqn.prim is P.dynamic_slice_p else ins[0]
+    fwd = keep(ins[0]) if eqn.prim is P.dynamic_slice_p else ins[0]
     return props, [fwd]
 
 
@@ -238,8 +240,7 @@ def prop_along(eqn, ins, outs, mesh):
     merged = None
     for s in list(ins) + list(outs):
         merged = merge(merged, s)
-    if merged is not None:
-        merged = merged.with_dim(d, ())
+    merged = relocate(merged, [d], eqn.inputs[0].shape, mesh.sizes)  # split moves, not lost
     return [merged] * len(ins), [merged] * len(eqn.outputs)
 
 

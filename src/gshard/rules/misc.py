@@ -1,8 +1,5 @@
-"""stack/unstack, and the PRNG key primitives (small, global: computed whole on every device).
-
-Random bits are generated whole and sliced to each device's shard, so a partitioned program draws
-exactly the same numbers as the unpartitioned one.
-"""
+"""stack/unstack, and computing a primitive whole then slicing it (`part_whole`: small values,
+operand-free ones, and a last resort other rules name)."""
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -58,17 +55,10 @@ def part_unstack(ctx, eqn, ins, targets):
     return [ctx.reshard(o, tt, "unstack result") for o, tt in zip(outs, targets)]
 
 
-RANDOM = [p for p in (primitive(n) for n in (
-    "random_seed", "random_wrap", "random_unwrap", "random_split", "random_fold_in", "random_bits",
-    "random_clone",
-    "rng_bit_generator")) if p is not None]
-
-
 def prop_none(eqn, ins, outs, mesh):
     return [None] * len(ins), [None] * len(eqn.outputs)
 
 
-@rule(RANDOM, prop=prop_none)
 def part_whole(ctx, eqn, ins, targets):
     """Compute on whole (replicated) operands, then slice each result to its target spec."""
     vals = [ctx.reshard(x, ShardingSpec.replicated(x.rank), f"{eqn.prim.name} needs whole operands").val

@@ -15,7 +15,7 @@ from jax.extend.core import primitives as P
 
 from ..spmd.local import Local
 from ..registry import rule
-from ..spec import ShardingSpec
+from ..spec import ShardingSpec, relocate
 
 
 # ----- reshape groups ---------------------------------------------------------------------------
@@ -56,12 +56,13 @@ def map_reshape(spec: ShardingSpec, src_shape, dst_shape, sizes) -> tuple[Shardi
 
 
 def _group_axes(spec, ga, gb, src_shape, dst_shape, sizes):
+    """The axes a group of merged / split dims carries: all its splits, major dim first, placed
+    on the major dim of both sides. A split of a minor dim is thereby moved to the major one
+    (an AllToAll before the reshape) rather than lost, when the tiles divide both major dims."""
     if not ga or not gb:
         return ()
     ma, mb = _major(ga, src_shape), _major(gb, dst_shape)
-    if any(spec.dims[d] for d in ga if d != ma):
-        return ()
-    axes = spec.dims[ma]
+    axes = tuple(a for d in ga for a in spec.dims[d])
     if not axes:
         return ()
     t = math.prod(sizes[x] for x in axes)
@@ -183,8 +184,9 @@ def prop_moving(eqn, ins, outs, mesh):
     moving = _moving_dims(eqn)
     rank = len(eqn.outputs[0].shape)
     cands = [s for s, x in zip(ins, eqn.inputs) if s is not None and len(x.shape) == rank]
-    fwd = _unsplit(cands[0], moving) if cands else None
-    bwd = _unsplit(outs[0], moving)
+    shape, sizes = eqn.outputs[0].shape, mesh.sizes
+    fwd = relocate(cands[0], moving, shape, sizes) if cands else None  # the split moves, not lost
+    bwd = relocate(outs[0], moving, shape, sizes)
     return [bwd if len(x.shape) == rank else None for x in eqn.inputs], [fwd]
 
 

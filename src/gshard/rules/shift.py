@@ -15,7 +15,7 @@ from jax import lax
 from jax.extend.core import primitives as P
 
 from ..registry import rule
-from ..spec import ShardingSpec
+from ..spec import ShardingSpec, relocate
 from ..spmd.local import Local
 from . import halo
 
@@ -42,8 +42,8 @@ def _keeps(eqn, d: int) -> bool:
 
 def prop_shift(eqn, ins, outs, mesh):
     mv = moves(eqn)
-    keep = lambda s: None if s is None else ShardingSpec(tuple(  # noqa: E731
-        a if d not in mv or _keeps(eqn, d) else () for d, a in enumerate(s.dims)))
+    whole = [d for d in mv if not _keeps(eqn, d)]
+    keep = lambda s: relocate(s, whole, eqn.outputs[0].shape, mesh.sizes)  # noqa: E731
     return [keep(outs[0])] + [None] * (len(ins) - 1), [keep(ins[0])]
 
 

@@ -39,7 +39,7 @@ def first_divergence(fn, mesh, *args, atol=1e-4):
     """The first equation whose partitioned result differs from the unpartitioned one, as
     (eqn index, primitive name, source line, max abs error), or None. A debugging aid."""
     import gshard
-    from gshard.runtime import build, place
+    from gshard.runtime import build
     from gshard.trace.graph import Graph, Lit
 
     leaves = jax.tree_util.tree_leaves(args)
@@ -48,7 +48,7 @@ def first_divergence(fn, mesh, *args, atol=1e-4):
     values = [o for e in g.eqns for o in e.outputs]
     avals = [jax.ShapeDtypeStruct(np.shape(x), jax.numpy.asarray(x).dtype) for x in leaves]
     prog = build(Graph(g.invars, values, g.eqns, g.consts), low.prop, low.mesh, avals)
-    got = dict(zip(values, prog.call(*place(leaves, prog.in_shardings))))
+    got = dict(zip(values, prog.call(*prog.place(leaves))))
     env = dict(zip(g.invars, leaves))
     env.update(g.consts)
     for e in g.eqns:
