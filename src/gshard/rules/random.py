@@ -34,24 +34,44 @@ rule(KEYS, prop=prop_none)(part_whole)
 
 
 def _global_index(ctx, spec, shape):
-    """uint32 linear index (row-major over `shape`) of every element of this device's shard."""
+    """(hi, lo) uint32 words of the 64-bit row-major index of every element of this device's
+    shard of an array of `shape`."""
     local = spec.local_shape(shape, ctx.sizes)
     strides = [math.prod(shape[d + 1:]) for d in range(len(shape))]
-    idx = jnp.zeros(local, jnp.uint32)
+    hi = lo = jnp.zeros(local, jnp.uint32)
     for d, (n, s) in enumerate(zip(local, strides)):
         pos = lax.broadcasted_iota(jnp.uint32, local, d)
         if spec.dims[d]:
             pos = pos + (ctx.shard_index(spec.dims[d]) * n).astype(jnp.uint32)
-        idx = idx + pos * jnp.uint32(s)
-    return idx
+        hi, lo = _add64(hi, lo, *_mul64(pos, s))
+    return hi, lo
+
+
+def _mul64(a, b: int):
+    """(hi, lo) of the 64-bit product of uint32 `a` and the constant `b` (mod 2**64), by
+    16-bit limbs so that no uint32 product overflows."""
+    b_hi, b_lo = (b >> 32) & 0xFFFFFFFF, b & 0xFFFFFFFF
+    a1, a0 = a >> 16, a & 0xFFFF
+    c1, c0 = jnp.uint32(b_lo >> 16), jnp.uint32(b_lo & 0xFFFF)
+    p00 = a0 * c0
+    t = a0 * c1 + (p00 >> 16)
+    t2 = a1 * c0 + (t & 0xFFFF)
+    lo = ((t2 & 0xFFFF) << 16) | (p00 & 0xFFFF)
+    hi = a1 * c1 + (t >> 16) + (t2 >> 16) + a * jnp.uint32(b_hi)
+    return hi, lo
+
+
+def _add64(h1, l1, h2, l2):
+    lo = l1 + l2
+    return h1 + h2 + (lo < l1).astype(jnp.uint32), lo
 
 
 def _hash(k, hi, lo):
     return THREEFRY.bind(k[0], k[1], hi, lo)
 
 
-def _partitionable(k, idx, bit_width):
-    b1, b2 = _hash(k, jnp.zeros_like(idx), idx)
+def _partitionable(k, hi, lo, bit_width):
+    b1, b2 = _hash(k, hi, lo)
     if bit_width == 64:
         return (b1.astype(jnp.uint64) << jnp.uint64(32)) | b2.astype(jnp.uint64)
     bits = b1 ^ b2
@@ -91,14 +111,16 @@ def part_random_bits(ctx, eqn, ins, targets):
     (key,), t = ins, targets[0]
     shape, bit_width = tuple(eqn.params["shape"]), eqn.params["bit_width"]
     size = math.prod(shape)
-    if not _threefry_key(key) or (size * max(bit_width, 32) // 32) >= 2 ** 32 - 1:
-        return part_whole(ctx, eqn, ins, targets)  # other PRNGs, batched keys, > 2**32 words
-    if bit_width == 64 and not jax.config.jax_enable_x64:
-        raise GShardError(f"64-bit random bits at {eqn.where} need jax_enable_x64")
+    if not _threefry_key(key):
+        return part_whole(ctx, eqn, ins, targets)  # other PRNGs, batched keys: whole (exact)
+    partitionable = jax.config.jax_threefry_partitionable
+    if not partitionable and size * max(bit_width, 32) // 32 >= 2 ** 32 - 1:
+        raise GShardError(
+            f"random bits of {size:,} elements at {eqn.where}: with jax_threefry_partitionable "
+            f"off, JAX draws them in blocks gshard does not reproduce shard by shard"
+            f"\n  fix: jax.config.update('jax_threefry_partitionable', True) (JAX's default)")
     k = jax.random.key_data(ctx.reshard(key, key.spec.drop_partial(), "PRNG key").val)
-    idx = _global_index(ctx, t, shape)
-    if jax.config.jax_threefry_partitionable:
-        bits = _partitionable(k, idx, bit_width)
-    else:
-        bits = _original(k, idx, bit_width, size)
+    hi, lo = _global_index(ctx, t, shape)
+    bits = _partitionable(k, hi, lo, bit_width) if partitionable else \
+        _original(k, lo, bit_width, size)
     return [Local(bits.astype(np.dtype(eqn.outputs[0].aval.dtype)), t, shape)]
