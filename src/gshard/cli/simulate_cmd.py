@@ -41,6 +41,9 @@ def add_parser(sub):
     p.add_argument("--capacity", default="paper", choices=("paper", "reference"),
                    help="paper: C = 2S/E; reference: at least 4, multiple of 4")
     p.add_argument("--overlap", action="store_true", help="overlap collectives with compute")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout rate (the paper: 0.1)")
+    p.add_argument("--policy", default="random", choices=("all", "random", "sampling"),
+                   help="second-expert policy (the paper: random)")
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--png", help="write a plot here")
     p.set_defaults(func=run)
@@ -53,13 +56,15 @@ def run(args) -> int:
         s = sim.SimSettings(preset=args.preset, hardware=args.hardware,
                             per_device_batch=args.batch_per_device, length=args.length,
                             optimizer=args.optimizer, mode=args.mode, step=args.step,
-                            capacity=args.capacity, overlap=args.overlap)
+                            capacity=args.capacity, overlap=args.overlap,
+                            dropout=args.dropout, second_expert_policy=args.policy)
         sim.model_config(s, args.devices[0])
     except ValueError as e:
         print(f"gshard simulate: error: {e}", file=sys.stderr)
         return 2
     print(f"# simulate {s.preset} on {s.hardware}: devices {args.devices}, experts = devices, "
-          f"1-D mesh, {2 * s.per_device_batch * s.length} tokens/device, mode {s.mode}",
+          f"1-D mesh, {2 * s.per_device_batch * s.length} tokens/device, mode {s.mode}, "
+          f"dropout {s.dropout}, {s.second_expert_policy} second expert",
           flush=True)
     rows = sim.simulate(args.devices, s, progress=lambda m: print(m, flush=True))
     print(sim.format_table(rows))

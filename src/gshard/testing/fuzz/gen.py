@@ -21,7 +21,7 @@ FAMILIES = {
     "take_along_axis": ops_index.take_along_axis, "scatter": ops_index.scatter,
     "dynamic_slice": ops_index.dynamic_slice, "sort": ops_index.sort, "top_k": ops_index.top_k,
     "one_hot": ops_index.one_hot, "conv": ops_flow.conv, "scan": ops_flow.scan,
-    "while": ops_flow.while_, "cond": ops_flow.cond, "pool": ops_flow.pool,
+    "while": ops_flow.while_, "cond": ops_flow.cond, "pool": ops_flow.pool, "random": ops.random,
 }
 WEIGHTS = {"elementwise": 4, "einsum": 3, "reduce": 3, "reshape": 3}
 

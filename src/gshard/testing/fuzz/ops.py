@@ -221,3 +221,15 @@ def softmax(b: Builder) -> bool:
     x = b.pick_float(1)
     fn = b.ch.pick(["jax.nn.softmax", "jax.nn.log_softmax"])
     return bool(b.add("softmax", f"{fn}({{0}}, axis={b.ch.int(0, x.rank - 1)})", [x]))
+
+
+def random(b: Builder) -> bool:
+    """Random numbers shaped like a value (drawn per shard when that value is split)."""
+    x = b.pick_float(1)
+    seed = b.ch.int(0, 99)
+    key = b.ch.pick([f"jax.random.key({seed})", f"jax.random.fold_in(jax.random.key({seed}), 7)",
+                     f"jax.random.split(jax.random.key({seed}))[1]", f"jax.random.PRNGKey({seed})"])
+    draw = b.ch.pick([f"jax.random.uniform({key}, {{0}}.shape)",
+                      f"jax.random.normal({key}, {{0}}.shape)",
+                      f"jax.random.bernoulli({key}, 0.7, {{0}}.shape).astype(jnp.float32)"])
+    return bool(b.add("random", f"({{0}} * {draw})", [x]))
