@@ -116,24 +116,56 @@ def test_corrupt_checkpoint_falls_back_to_previous(corpus_dir, tmp_path, capsys)
     assert train(w, corpus_dir, 6, "train.checkpoint_every=2", "train.keep_checkpoints=3") == 0
     assert ckpt.list_steps(w) == [2, 4, 6]
     ref = losses(w)
-    arrays = ckpt.step_path(w, 6) / ckpt.ARRAYS
-    arrays.write_bytes(arrays.read_bytes()[:100])          # torn write
-    (ckpt.step_path(w, 4) / ckpt.META).unlink()             # partial checkpoint
+    for f in (ckpt.step_path(w, 6) / "state").rglob("*"):      # torn array files
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[:7])
+    (ckpt.step_path(w, 4) / "state" / "_METADATA").unlink()   # a partial checkpoint
+    ckpt.close_all()
     assert train(w, corpus_dir, 6, "train.checkpoint_every=2", "train.keep_checkpoints=3") == 0
     err = capsys.readouterr()
-    assert "step_00000006 is unusable" in err.err and "sha256" in err.err
-    assert "step_00000004 is unusable" in err.err
+    assert "step_00000006 is unusable" in err.err and "step_00000004 is unusable" in err.err
     assert "resuming from" in err.out and "step_00000002" in err.out
     assert losses(w) == ref                                   # steps 3..6 retrained identically
 
 
-def test_checkpoint_roundtrip_and_atomic_layout(tmp_path):
+def test_checkpoint_roundtrip_keeps_the_newest_and_fits_the_template(tmp_path):
     state = ({"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, (np.int32(3),))
     ckpt.save(tmp_path, 5, state, keep=1)
-    ckpt.save(tmp_path, 7, state, keep=1)
+    ckpt.save(tmp_path, 7, state, keep=1, extra={"loss": 1.5})
+    ckpt.wait(tmp_path)
     assert ckpt.list_steps(tmp_path) == [7]
-    assert not [p for p in ckpt.ckpt_dir(tmp_path).iterdir() if p.name.startswith(".tmp")]
-    got = ckpt.restore_latest(tmp_path, state)
-    assert got.step == 7 and np.array_equal(got.state[0]["w"], state[0]["w"])
-    with pytest.raises(ckpt.CheckpointError, match="do not fit"):
-        ckpt.load(ckpt.step_path(tmp_path, 7), ({"w": np.zeros((3, 3))}, (0,)))
+    got = ckpt.restore_latest(tmp_path, ckpt.abstract(state))
+    assert got.step == 7 and got.extra["loss"] == 1.5
+    assert np.array_equal(np.asarray(got.state[0]["w"]), state[0]["w"])
+    with pytest.raises(ckpt.CheckpointError, match="do not fit|Error|error"):
+        ckpt.load(tmp_path, 7, ckpt.abstract(({"w": np.zeros((3, 3), np.float32)}, (np.int32(0),))))
+
+
+def test_old_format_is_refused_and_converted(corpus_dir, tmp_path):
+    import jax
+    w = tmp_path / "old"
+    assert train(w, corpus_dir, 2, "train.checkpoint_every=2") == 0
+    state = ckpt.restore_latest(w, _template(w)).state
+    ckpt.close_all()
+    import shutil
+    shutil.rmtree(ckpt.ckpt_dir(w))
+    old = ckpt.step_path(w, 2)                       # what the old format wrote
+    old.mkdir(parents=True)
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
+    np.savez(old / "arrays.npz", **{f"leaf_{i}": x for i, x in enumerate(leaves)})
+    (old / "meta.json").write_text(json.dumps({"step": 2, "num_leaves": len(leaves)}))
+    assert train(w, corpus_dir, 3) == 2                       # refused with the fix
+    assert main(["train", "--preset", "tiny", "--workdir", str(w), "--data-dir", str(corpus_dir),
+                 "--convert-checkpoints"]) == 0
+    got = ckpt.restore_latest(w, _template(w))
+    assert got.step == 2 and all(np.array_equal(np.asarray(a), b) for a, b in
+                                 zip(jax.tree_util.tree_leaves(got.state), leaves))
+    assert train(w, corpus_dir, 3) == 0
+
+
+def _template(w):
+    from gshard.data import Corpus
+    from gshard.train.loop import init_state, load_workdir_config, make_optimizer, model_config
+    cfg = load_workdir_config(w)
+    mc = model_config(cfg, Corpus.load(cfg.data.dir), None)
+    return ckpt.abstract(init_state(mc, make_optimizer(cfg), cfg.train.seed))

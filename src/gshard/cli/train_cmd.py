@@ -29,6 +29,8 @@ def add_parser(sub):
     p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (multi-host)")
     p.add_argument("--num-processes", type=int, default=None)
     p.add_argument("--process-id", type=int, default=None)
+    p.add_argument("--convert-checkpoints", action="store_true",
+                   help="rewrite the workdir's old-format (arrays.npz) checkpoints for orbax, then exit")
     p.add_argument("--heartbeat-timeout", type=float, default=20.0,
                    help="seconds without a peer's heartbeat before exiting (multi-host)")
     add_common(p)
@@ -50,8 +52,11 @@ def config_from_args(args, extra=()):
 def run(args) -> int:
     from gshard.train.config import ConfigError
     from gshard.train.distributed import MeshError, process_spec
+    from gshard.train.checkpoint import CheckpointError
     from gshard.train.loop import WorkdirMismatch, train
 
+    if args.convert_checkpoints:
+        return _convert(args.workdir)
     try:
         cfg = config_from_args(args)
         proc = process_spec(args.coordinator, args.num_processes, args.process_id,
@@ -60,7 +65,8 @@ def run(args) -> int:
             from gshard.cli.run_cmd import ensure_data  # a fresh clone: prepare the corpus first
             ensure_data(cfg, log=lambda m: print(m.replace("[1/4] ", ""), file=sys.stderr))
         out = train(cfg, args.workdir, mesh=args.mesh, proc=proc, progress=not args.no_progress)
-    except (ConfigError, MeshError, WorkdirMismatch, FileNotFoundError, ValueError) as e:
+    except (ConfigError, MeshError, WorkdirMismatch, FileNotFoundError, ValueError,
+            CheckpointError) as e:
         print(f"gshard train: error: {e}", file=sys.stderr)
         return 2
     import jax
@@ -73,4 +79,17 @@ def run(args) -> int:
             from gshard.evaluate.plots import training_plots
             for path in training_plots(args.workdir):
                 print(f"wrote {path}")
+    return 0
+
+
+def _convert(workdir) -> int:
+    """Old single-file checkpoints -> orbax, in the structure of the workdir's model."""
+    from gshard.data import Corpus
+    from gshard.train import checkpoint as ckpt
+    from gshard.train.loop import init_state, load_workdir_config, make_optimizer, model_config
+
+    cfg = load_workdir_config(workdir)
+    mc = model_config(cfg, Corpus.load(cfg.data.dir), None)
+    steps = ckpt.convert_old(workdir, init_state(mc, make_optimizer(cfg), cfg.train.seed))
+    print(f"converted checkpoints {steps} in {ckpt.ckpt_dir(workdir)}")
     return 0

@@ -24,7 +24,10 @@ def shard(x, cfg: ModelConfig, *logical):
     """mesh_split x by logical dims ("data", "model", "expert", "expert_hidden" or None)."""
     if cfg.mesh.empty:
         return x
-    return _ann.mesh_split(x, tuple(None if n is None else getattr(cfg.mesh, n) for n in logical))
+    spec = tuple(None if n is None else getattr(cfg.mesh, n) for n in logical)
+    if all(a is None for a in spec):  # nothing to split on this mesh: leave it to propagation
+        return x                      # (a replicate() here would also pin its gradient whole)
+    return _ann.mesh_split(x, spec)
 
 
 # ----- init ------------------------------------------------------------------------------------

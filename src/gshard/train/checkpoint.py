@@ -1,20 +1,18 @@
-"""Atomic, verified checkpoints of (params, opt_state) as numpy leaves.
+"""Checkpoints of (params, opt_state) through orbax-checkpoint: sharded, atomic, reshardable.
 
-Layout: WORKDIR/checkpoints/step_00000040/{arrays.npz, meta.json}. A checkpoint is written into
-a temporary sibling directory, fsynced, then renamed into place (atomic on POSIX), so a crash
-leaves either the old set or the new one. meta.json records the step, the leaf shapes and the
-sha256 of arrays.npz; `restore_latest` verifies it and, when the newest checkpoint is corrupt or
-partial, reports that and falls back to the previous good one.
+Layout: WORKDIR/checkpoints/step_00000040/ (an orbax CheckpointManager directory: `state` holds
+the arrays, `meta` the step's JSON extras). Every process writes only the shards it holds (no
+array is gathered onto one host); orbax writes into a temporary directory and renames it into
+place when every process is done, so a crash (SIGKILL included) leaves either the old set or the
+new one. Saves are asynchronous: training goes on while the arrays are written (`wait` before
+exit). `restore_latest` restores onto whatever shardings its target asks for -- another mesh or
+process count -- and falls back to the previous checkpoint when the newest one does not read.
 
-Leaves are stored flat (leaf_0, leaf_1, ...) and restored into the structure of a freshly
-initialised (params, opt_state), so no pickled treedefs are needed. Float32 is stored bit-exact,
-which is what makes a resumed run identical to an uninterrupted one.
+A workdir written by the old single-file format (arrays.npz + meta.json) is refused with a clear
+error; `gshard train --convert-checkpoints` converts it.
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,8 @@ from typing import Any
 import jax
 import numpy as np
 
-ARRAYS, META = "arrays.npz", "meta.json"
+OLD_ARRAYS, OLD_META = "arrays.npz", "meta.json"
+_MANAGERS: dict = {}
 
 
 class CheckpointError(RuntimeError):
@@ -35,11 +34,12 @@ class Restored:
     step: int
     state: Any
     path: Path
-    skipped: list          # [(path, reason)] of newer checkpoints that failed verification
+    skipped: list          # [(path, reason)] of newer checkpoints that failed to restore
+    extra: dict
 
 
 def ckpt_dir(workdir) -> Path:
-    return Path(workdir) / "checkpoints"
+    return Path(workdir).resolve() / "checkpoints"
 
 
 def step_path(workdir, step: int) -> Path:
@@ -50,104 +50,132 @@ def list_steps(workdir) -> list[int]:
     d = ckpt_dir(workdir)
     if not d.exists():
         return []
-    out = []
-    for p in d.iterdir():
-        if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit():
-            out.append(int(p.name[5:]))
-    return sorted(out)
+    return sorted(int(p.name[5:]) for p in d.iterdir()
+                  if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit())
 
 
-def _sha256(path: Path) -> str:
-    from ..data.manifest import sha256_file
-    return sha256_file(path)
-
-
-def _fsync(path: Path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def host_leaves(tree) -> list[np.ndarray]:
-    """Every leaf as a host numpy array (gathered across processes when needed)."""
-    leaves = jax.tree_util.tree_leaves(tree)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        leaves = [x if getattr(x, "is_fully_addressable", True) else
-                  multihost_utils.process_allgather(x, tiled=True) for x in leaves]
-    return [np.asarray(x) for x in leaves]
+def _manager(workdir, keep: int = 2):
+    import orbax.checkpoint as ocp
+    key = (str(ckpt_dir(workdir)), keep)
+    if key not in _MANAGERS:
+        opts = ocp.CheckpointManagerOptions(max_to_keep=keep or None, step_prefix="step",
+                                            step_format_fixed_length=8,
+                                            enable_async_checkpointing=True, create=True)
+        _MANAGERS[key] = ocp.CheckpointManager(ckpt_dir(workdir), options=opts)
+    return _MANAGERS[key]
 
 
 def save(workdir, step: int, state, *, keep: int = 2, extra: dict | None = None) -> Path:
-    """Write checkpoint `step` atomically; keep the newest `keep` (0 = all). Call on every
-    process (leaves are gathered collectively); only process 0 writes."""
-    leaves = host_leaves(state)
-    final = step_path(workdir, step)
-    if jax.process_index() != 0:
-        return final
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    np.savez(tmp / ARRAYS, **{f"leaf_{i}": x for i, x in enumerate(leaves)})
-    meta = {"step": step, "sha256": _sha256(tmp / ARRAYS), "num_leaves": len(leaves),
-            "shapes": [list(x.shape) for x in leaves], "dtypes": [str(x.dtype) for x in leaves],
-            **(extra or {})}
-    (tmp / META).write_text(json.dumps(meta))
-    for p in (tmp / ARRAYS, tmp / META, tmp):
-        _fsync(p)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync(final.parent)
-    _prune(workdir, keep)
-    return final
+    """Start writing checkpoint `step` (asynchronously); keep the newest `keep` (0 = all). Call on
+    every process: each writes the shards it holds."""
+    import orbax.checkpoint as ocp
+    _check_not_old(workdir)
+    mgr = _manager(workdir, keep)
+    mgr.wait_until_finished()  # one save at a time
+    if step in mgr.all_steps():  # an unusable one being retrained over
+        mgr.delete(step)
+    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                           meta=ocp.args.JsonSave({"step": step, **(extra or {})})),
+             force=True)
+    return step_path(workdir, step)
 
 
-def _prune(workdir, keep: int):
-    steps = list_steps(workdir)
-    for s in (steps[:-keep] if keep > 0 else []):
-        shutil.rmtree(step_path(workdir, s), ignore_errors=True)
+def wait(workdir=None):
+    """Block until pending saves (of `workdir`, or all) are on disk."""
+    for (d, _), mgr in list(_MANAGERS.items()):
+        if workdir is None or d == str(ckpt_dir(workdir)):
+            mgr.wait_until_finished()
 
 
-def load(path: Path, template) -> Any:
-    """The checkpoint at `path` in the structure of `template`; CheckpointError if it is
-    missing, partial, corrupt or does not fit the template."""
-    path = Path(path)
+def close(workdir=None):
+    """Finish pending saves and release the managers (of `workdir`, or all)."""
+    for key, mgr in list(_MANAGERS.items()):
+        if workdir is None or key[0] == str(ckpt_dir(workdir)):
+            mgr.wait_until_finished()
+            mgr.close()
+            del _MANAGERS[key]
+
+
+def close_all():
+    close()
+
+
+def abstract(tree, shardings=None):
+    """ShapeDtypeStructs of `tree` (with the given shardings) as a restore target."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    shardings = shardings or [getattr(x, "sharding", None) for x in leaves]
+    return jax.tree_util.tree_unflatten(treedef, [
+        jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype,
+                             sharding=s) for x, s in zip(leaves, shardings)])
+
+
+def load(workdir, step: int, target) -> tuple[Any, dict]:
+    """Checkpoint `step` restored into `target` (arrays or ShapeDtypeStructs with shardings);
+    CheckpointError if it does not read or does not fit."""
+    import orbax.checkpoint as ocp
+    path = step_path(workdir, step)
+    if (path / OLD_ARRAYS).exists():
+        raise CheckpointError(_old_message(workdir))
+    want = [np.shape(x) for x in jax.tree_util.tree_leaves(target)]
     try:
-        meta = json.loads((path / META).read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"unreadable {META}: {e}") from None
-    if not (path / ARRAYS).exists():
-        raise CheckpointError(f"{ARRAYS} is missing")
-    if _sha256(path / ARRAYS) != meta.get("sha256"):
-        raise CheckpointError(f"{ARRAYS} does not match its sha256 (corrupt or partial)")
-    leaves, treedef = jax.tree_util.tree_flatten(template)
-    try:
-        with np.load(path / ARRAYS) as z:
-            arrays = [z[f"leaf_{i}"] for i in range(meta["num_leaves"])]
-    except Exception as e:  # noqa: BLE001  (zip/npy errors of many kinds)
-        raise CheckpointError(f"cannot read {ARRAYS}: {e}") from None
-    if len(arrays) != len(leaves) or any(a.shape != np.shape(t) for a, t in zip(arrays, leaves)):
+        got = _manager(workdir).restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001  (tensorstore / zarr / json errors of many kinds)
+        raise CheckpointError(f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+    if [np.shape(x) for x in jax.tree_util.tree_leaves(got["state"])] != want:
         raise CheckpointError("its arrays do not fit this model/optimizer (config changed?)")
-    return jax.tree_util.tree_unflatten(treedef, arrays)
+    return got["state"], dict(got["meta"] or {})
 
 
-def restore_latest(workdir, template, *, log=None) -> Restored | None:
-    """The newest checkpoint that verifies, or None when there is none. Every one skipped is
+def restore_latest(workdir, target, *, log=None) -> Restored | None:
+    """The newest checkpoint that restores, or None when there is none; each one skipped is
     reported through `log` (default: stderr)."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    _check_not_old(workdir)
     skipped = []
     for step in reversed(list_steps(workdir)):
         path = step_path(workdir, step)
         try:
-            state = load(path, template)
+            state, extra = load(workdir, step, target)
         except CheckpointError as e:
             skipped.append((path, str(e)))
             log(f"warning: checkpoint {path} is unusable ({e}); trying the previous one")
             continue
-        return Restored(step, state, path, skipped)
+        return Restored(step, state, path, skipped, extra)
     if skipped:
         log("warning: no usable checkpoint left; starting from scratch")
     return None
+
+
+# ----- the old single-file format ---------------------------------------------------------------
+def _old_steps(workdir) -> list[int]:
+    return [s for s in list_steps(workdir) if (step_path(workdir, s) / OLD_ARRAYS).exists()]
+
+
+def _old_message(workdir) -> str:
+    return (f"{ckpt_dir(workdir)} holds checkpoints in gshard's old single-file format "
+            f"(arrays.npz); convert them with: gshard train --workdir {workdir} "
+            f"--convert-checkpoints")
+
+
+def _check_not_old(workdir):
+    if _old_steps(workdir):
+        raise CheckpointError(_old_message(workdir))
+
+
+def convert_old(workdir, template) -> list[int]:
+    """Rewrite every old-format checkpoint of `workdir` (arrays.npz in the flat leaf order of
+    `template`) in the orbax format; returns the converted steps."""
+    import shutil
+    steps = _old_steps(workdir)
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    for step in steps:
+        old = step_path(workdir, step)
+        with np.load(old / OLD_ARRAYS) as z:
+            arrays = [z[f"leaf_{i}"] for i in range(len(leaves))]
+        aside = old.with_name(old.name + ".old-format")
+        shutil.move(old, aside)
+        save(workdir, step, jax.tree_util.tree_unflatten(treedef, arrays), keep=0,
+             extra={"converted_from": str(aside)})
+        wait(workdir)
+    return steps

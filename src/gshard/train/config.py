@@ -67,6 +67,8 @@ class TrainSection:
     dev_every: int = 0                     # held-out loss every N steps (0 = at the end only)
     dev_batches: int = 4
     time_limit_s: float = 0.0              # stop (and checkpoint) after this long; 0 = no limit
+    shard_optimizer: bool = True           # weight-update sharding over the data axes (ZeRO)
+    microbatches: int = 1                  # gradient accumulation over this many slices
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,15 @@ def make_optimizer(cfg: RunConfig):
 def model_config(cfg: RunConfig, corpus, plan: MeshPlan | None):
     axes = plan.axes() if plan is not None and plan.size > 1 else None
     mc = cfg.model_config(corpus.src_vocab_size, corpus.tgt_vocab_size, axes)
+    k = cfg.train.microbatches
+    if k < 1 or cfg.train.batch_size % k:
+        raise ValueError(f"train.microbatches={k} must be >= 1 and divide train.batch_size="
+                         f"{cfg.train.batch_size}")
     if plan is not None and plan.size > 1:
+        if (cfg.train.batch_size // k) % plan.data_size():
+            raise ValueError(f"train.batch_size={cfg.train.batch_size} / train.microbatches={k} "
+                             f"is not divisible by the {plan.data_size()} devices of the data "
+                             f"axes ({plan.describe()})")
         if cfg.train.batch_size % plan.data_size():
             raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
                              f"{plan.data_size()} devices of the data axes ({plan.describe()})")
@@ -136,16 +144,59 @@ class Trainer:
                                      temperature=t.temperature, seed=t.seed)
         key = (self.mc, self.plan, _compile_key(self.cfg))
         if key not in _COMPILED:             # one partition + compile per process and config
-            step = make_train_step(self.mc, self.optimizer, label_smoothing=t.label_smoothing,
-                                   aux_loss_weight=t.aux_loss_weight,
-                                   deterministic=self.cfg.model.dropout == 0.0)
-            _COMPILED[key] = (gshard.partition(step, self.mesh),
+            _COMPILED[key] = (self._partition_step(),
                               gshard.partition(partial(_dev_loss, self.mc), self.mesh))
         self.step_fn, self.dev_fn = _COMPILED[key]
 
+    def _partition_step(self):
+        """The partitioned train step: params and optimizer state donated; with
+        train.shard_optimizer on a mesh with data axes, the weight update sharded over them."""
+        import gshard
+        from .step import make_train_step
+        t = self.cfg.train
+        kw = dict(label_smoothing=t.label_smoothing, aux_loss_weight=t.aux_loss_weight,
+                  deterministic=self.cfg.model.dropout == 0.0, microbatches=t.microbatches)
+        specs = None
+        if t.shard_optimizer and self.plan.data_size() > 1:
+            specs = self._update_specs(make_train_step(self.mc, self.optimizer, **kw))
+        step = make_train_step(self.mc, self.optimizer, update_specs=specs, **kw)
+        return gshard.partition(step, self.mesh, donate_argnums=(0, 1))
+
+    def _abstract_args(self):
+        from .step import init_train_state
+        t = self.cfg.train
+        params, state = jax.eval_shape(lambda k: init_train_state(self.mc, self.optimizer, k),
+                                       jax.random.PRNGKey(0))
+        ints = lambda n: jax.ShapeDtypeStruct((t.batch_size, n), np.int32)  # noqa: E731
+        flts = lambda n: jax.ShapeDtypeStruct((t.batch_size, n), np.float32)  # noqa: E731
+        batch = {"src": ints(t.src_len), "tgt_in": ints(t.tgt_len), "tgt_out": ints(t.tgt_len),
+                 "src_pad": flts(t.src_len), "tgt_pad": flts(t.tgt_len)}
+        return params, state, batch, jax.ShapeDtypeStruct((2,), np.uint32)
+
+    def _update_specs(self, plain_step):
+        """Forward layouts from propagating the plain step; update layouts add the data axes."""
+        import gshard
+        from .zero import specs_for
+        params, state, batch, key = self._abstract_args()
+        low = gshard.partition(plain_step, self.mesh).lower(params, state, batch, key)
+        data = self.mc.mesh.data
+        data = (data,) if isinstance(data, str) else tuple(data or ())
+        n = len(jax.tree_util.tree_leaves(params))
+        return specs_for(params, low.in_specs[:n], data, low.mesh.sizes)
+
+    def state_shardings(self):
+        """Where the step wants (params, opt_state): the restore target's shardings."""
+        params, state, batch, key = self._abstract_args()
+        low = self.step_fn.lower(params, state, batch, key)
+        n = len(jax.tree_util.tree_leaves((params, state)))
+        return low.program.jit_in_shardings[:n]
+
     def restore(self):
+        """(step, state) of the newest good checkpoint, restored straight onto this run's mesh
+        (which may differ from the one that wrote it), or (0, a fresh state)."""
         template = init_state(self.mc, self.optimizer, self.cfg.train.seed)
-        got = ckpt.restore_latest(self.workdir, template)      # warnings: stderr
+        target = ckpt.abstract(template, self.state_shardings())
+        got = ckpt.restore_latest(self.workdir, target)      # warnings: stderr
         if got is None:
             return 0, template
         self.log(f"resuming from {got.path} (step {got.step})")
@@ -185,6 +236,7 @@ class Trainer:
                 self.log(f"\ntrain.time_limit_s={t.time_limit_s:g} reached: stopped at step {s}")
                 break
         bar.close()
+        ckpt.close(self.workdir)
         dev = self.dev_loss(params)
         metrics_log.write({"step": s, "dev_loss": dev, "final": True})
         wall = time.perf_counter() - t0

@@ -98,22 +98,48 @@ def loss_fn(params, cfg: ModelConfig, batch, rng, *, deterministic=False, label_
 # ----- the step ----------------------------------------------------------------------------------
 def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *,
                     label_smoothing: float = 0.0, aux_loss_weight: float = AUX_LOSS_WEIGHT,
-                    z_loss_weight: float = 0.0, deterministic: bool = False):
+                    z_loss_weight: float = 0.0, deterministic: bool = False,
+                    microbatches: int = 1, update_specs=None):
     """A pure (params, opt_state, batch, rng) -> (params, opt_state, metrics).
 
     rng drives dropout and the random second-expert policy; deterministic=True turns dropout
-    off (rng still drives the gating policy)."""
+    off (rng still drives the gating policy). microbatches=k accumulates the gradient over k
+    slices of the batch (train/accumulate.py). update_specs=(forward, update) PartitionSpec trees
+    shard the weight update over the data axes (train/zero.py)."""
+    kw = dict(deterministic=deterministic, label_smoothing=label_smoothing,
+              aux_loss_weight=aux_loss_weight, z_loss_weight=z_loss_weight)
+
     def step(params, opt_state, batch, rng):
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (_, metrics), grads = grad_fn(params, cfg, batch, rng, deterministic=deterministic,
-                                      label_smoothing=label_smoothing,
-                                      aux_loss_weight=aux_loss_weight,
-                                      z_loss_weight=z_loss_weight)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
-        return params, opt_state, metrics
+        if update_specs is not None:  # weights enter in their forward layout
+            from .zero import constrain
+            params = constrain(params, update_specs[0])
+        if microbatches > 1:
+            from .accumulate import accumulate
+            metrics, grads = accumulate(loss_fn, params, cfg, batch, rng, microbatches, **kw)
+        else:
+            (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                params, cfg, batch, rng, **kw)
+        if update_specs is not None:  # the gradient's pending sum becomes a ReduceScatter
+            from .zero import constrain
+            grads = constrain(grads, update_specs[1])
+        grad_norm = optax.tree.norm(grads)
+        params, opt_state = _update(optimizer, params, opt_state, grads, update_specs)
+        return params, opt_state, dict(metrics, grad_norm=grad_norm)
     return step
+
+
+def _update(optimizer, params, opt_state, grads, update_specs):
+    """The optimizer step; with update_specs each replica updates its shard of every weight."""
+    if update_specs is None:
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+    from .zero import constrain, constrain_state
+    fwd, upd = update_specs
+    params = constrain(params, upd)                                       # a local slice
+    opt_state = constrain_state(opt_state, params, upd)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    new = optax.apply_updates(params, updates)
+    return constrain(new, fwd), constrain_state(opt_state, params, upd)   # AllGather the weights
 
 
 def init_train_state(cfg: ModelConfig, optimizer: optax.GradientTransformation, rng):

@@ -1,0 +1,70 @@
+"""Weight-update sharding (Xu et al. 2020, GSPMD §3.4; ZeRO-1/2), as annotations.
+
+Data-parallel replicas each update 1/N of every weight: the gradient is annotated split over the
+data axes (the partitioner turns its pending sum into a ReduceScatter), the optimizer state and
+the update live split the same way, and the new weights are annotated back to their forward
+layout (an AllGather before the next forward). Nothing here communicates: the partitioner does,
+and `explain()` shows each collective with this file's lines.
+
+The forward layout of each parameter is what propagation gave it (`forward_specs`); its update
+layout adds the data axes it is not split over yet to its largest dim they divide.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+from jax.sharding import PartitionSpec
+
+from .. import annotate as _ann
+from ..spec import ShardingSpec
+
+
+def update_spec(fwd: ShardingSpec, shape, data_axes, sizes) -> ShardingSpec:
+    """`fwd` plus the unused data axes on the largest dim they divide evenly (else `fwd`)."""
+    free = [a for a in data_axes if a not in fwd.used_axes()]
+    if not free:
+        return fwd
+    k = math.prod(sizes[a] for a in free)
+    best = None
+    for d, n in enumerate(shape):
+        t = fwd.tiles(d, sizes) * k
+        if n % t == 0 and (best is None or n > shape[best]):
+            best = d
+    if best is None:
+        return fwd
+    return fwd.with_dim(best, fwd.dims[best] + tuple(free))
+
+
+def specs_for(params, fwd_specs: list, data_axes, sizes):
+    """Per-parameter (forward, update) PartitionSpec trees from the propagated forward specs."""
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    fwd = [s.drop_partial() for s in fwd_specs]
+    upd = [update_spec(s, x.shape, data_axes, sizes) for s, x in zip(fwd, leaves)]
+    unflat = lambda ss: jax.tree_util.tree_unflatten(tree, [s.to_partition_spec() for s in ss])  # noqa: E731
+    return unflat(fwd), unflat(upd)
+
+
+def constrain(tree, specs):
+    """mesh_split every leaf of `tree` by the PartitionSpec at the same place in `specs`."""
+    return jax.tree_util.tree_map(lambda x, s: _ann.mesh_split(x, s), tree, specs,
+                                  is_leaf=lambda s: isinstance(s, PartitionSpec))
+
+
+def constrain_state(opt_state, params, specs):
+    """The optimizer-state leaves that mirror a parameter (Adam's mu and nu; same shape, its
+    path as a suffix) take that parameter's spec; others (counts, factored moments) propagate."""
+    by_path = {}
+    for (path, x), s in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                            jax.tree_util.tree_leaves(specs, is_leaf=lambda s: isinstance(s, PartitionSpec))):
+        by_path[tuple(path)] = (x.shape, s)
+    lengths = sorted({len(p) for p in by_path}, reverse=True)
+
+    def one(path, leaf):
+        path = tuple(path)
+        for n in lengths:
+            hit = by_path.get(path[-n:]) if len(path) >= n else None
+            if hit is not None and tuple(hit[0]) == tuple(leaf.shape):
+                return _ann.mesh_split(leaf, hit[1])
+        return leaf
+    return jax.tree_util.tree_map_with_path(one, opt_state)
