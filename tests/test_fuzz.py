@@ -14,7 +14,7 @@ from gshard.testing.fuzz.builder import Builder, RandomChooser
 from gshard.testing.fuzz.program import MESHES, script
 from gshard.testing.fuzz.shrink import shrink
 
-PASS = ("ok", "refused", "xla_reference", "unstable", "invalid")
+PASS = ("ok", "refused", "xla_reference", "unstable", "invalid", "tie")
 
 
 @pytest.mark.parametrize("mesh", list(MESHES))
