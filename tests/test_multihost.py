@@ -1,5 +1,6 @@
-"""Issue 5 item 5: `gshard train` as 2 processes x 4 CPU devices over jax.distributed (gloo)
-matches 1 process x 8 devices; a dead peer makes the survivor exit with a message, not hang."""
+"""Issue 5 item 5: `gshard train` as 2 processes x 4 CPU devices over jax.distributed (gloo): a
+dead peer makes the survivor exit with a message, not hang. (That 2 processes continue the loss
+curve of 1 process is tests/test_train_scale.py's killed-run test.)"""
 from __future__ import annotations
 
 import os
@@ -19,13 +20,13 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(workdir, corpus, port, steps, extra_env=None, timeout=20):
+def _launch(workdir, corpus, port, steps, extra_env=None, timeout=20, extra_args=()):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                **(extra_env or {}))
     cmd = [sys.executable, "-m", "gshard", "train", "--preset", "tiny", "--steps", str(steps),
            "--workdir", str(workdir), "--data-dir", str(corpus), "--no-progress", "--no-plots",
            "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-           "--heartbeat-timeout", str(timeout)]
+           "--heartbeat-timeout", str(timeout), *extra_args]
     return [subprocess.Popen(cmd + ["--process-id", str(i)], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for i in range(2)]
 
@@ -41,20 +42,6 @@ def _wait(procs, limit):
             pytest.fail("multi-process run hung")
         outs.append((p.returncode, out, err))
     return outs
-
-
-def test_two_processes_match_one_process(tmp_path_factory, tmp_path):
-    corpus = tiny_corpus(tmp_path_factory.getbasetemp())
-    multi = tmp_path / "multi"
-    procs = _launch(multi, corpus, _port(), 3)
-    assert train(tmp_path / "single", corpus, 3) == 0          # meanwhile: 1 x 8 in-process
-    outs = _wait(procs, 300)  # generous: a hang is what this catches, not slowness
-    for rc, out, err in outs:
-        assert rc == 0, err[-2000:]
-    assert "2 process(es)" in outs[0][1]
-    one, two = losses(tmp_path / "single"), losses(multi)
-    assert list(two) == [1, 2, 3]
-    assert [two[s] for s in two] == pytest.approx([one[s] for s in one], rel=1e-5, abs=1e-6)
 
 
 def test_dead_peer_makes_the_survivor_exit(tmp_path_factory, tmp_path):

@@ -289,12 +289,17 @@ def _dev_loss(mc, params, batch):
 
 
 def _test_hook(step: int):
-    """GSHARD_TEST_DIE_AT="PID:STEP": that process exits abruptly at that step (tests only)."""
+    """Tests only. GSHARD_TEST_DIE_AT="PID:STEP": that process exits abruptly at that step;
+    GSHARD_TEST_SIGKILL_AT="STEP": every process is SIGKILLed there (mid-run, saves in flight)."""
     spec = os.environ.get("GSHARD_TEST_DIE_AT")
     if spec:
         pid, at = (int(x) for x in spec.split(":"))
         if pid == jax.process_index() and step == at:
             os._exit(17)
+    kill = os.environ.get("GSHARD_TEST_SIGKILL_AT")
+    if kill and int(kill) == step:
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def train(cfg: RunConfig, workdir, *, mesh: str | None = None, proc: ProcessSpec | None = None,
