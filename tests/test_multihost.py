@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from test_train_cli import losses, tiny_corpus, train
+from test_train_cli import tiny_corpus
 
 
 def _port() -> int:

@@ -125,9 +125,10 @@ class Lowered:
     def out_specs(self):
         return [self.prop.spec(v).drop_partial() for v in self.graph.outvars]
 
-    def explain(self) -> str:
+    def explain(self, **kw) -> str:
+        """The explain view; `values=False` omits the per-value listing."""
         from .explain import explain
-        return explain(self)
+        return explain(self, **kw)
 
 
 def _input_annotations(pf: Partitioned, leaves, in_tree) -> tuple:

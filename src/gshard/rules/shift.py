@@ -36,8 +36,9 @@ def moves(eqn) -> dict[int, tuple]:
 
 
 def _keeps(eqn, d: int) -> bool:
+    """A pad keeps a split (a halo serves it); a slice when it keeps at least half the dim."""
     n, m = eqn.inputs[0].shape[d], eqn.outputs[0].shape[d]
-    return 2 * m >= n and 2 * n >= m
+    return eqn.prim is P.pad_p or 2 * m >= n
 
 
 def prop_shift(eqn, ins, outs, mesh):
