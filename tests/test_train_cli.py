@@ -42,6 +42,15 @@ def corpus_dir(tmp_path_factory) -> Path:
     return tiny_corpus(tmp_path_factory.getbasetemp())
 
 
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory) -> Path:
+    """One uninterrupted 6-step run of `tiny` on 8 devices (checkpoints every step), shared."""
+    corpus = tiny_corpus(tmp_path_factory.getbasetemp())
+    w = tmp_path_factory.mktemp("reference") / "w"
+    assert train(w, corpus, 6, "train.checkpoint_every=1") == 0
+    return w
+
+
 def train(workdir, corpus, steps, *extra) -> int:
     return main(["train", "--preset", "tiny", "--steps", str(steps), "--workdir", str(workdir),
                  "--data-dir", str(corpus), "--no-progress", "--no-plots", *extra])
@@ -94,15 +103,14 @@ def test_mesh_spelling():
 
 
 # ----- training, resume, checkpoints -----------------------------------------------------------
-def test_resume_continues_exactly(corpus_dir, tmp_path, capsys):
-    a, b = tmp_path / "a", tmp_path / "b"
-    assert train(a, corpus_dir, 4) == 0
+def test_resume_continues_exactly(corpus_dir, reference_run, tmp_path, capsys):
+    a = tmp_path / "a"
+    assert train(a, corpus_dir, 4, "train.checkpoint_every=1", "train.keep_checkpoints=1") == 0
     assert ckpt.list_steps(a) == [4]
-    assert train(a, corpus_dir, 6) == 0
+    assert train(a, corpus_dir, 6, "train.checkpoint_every=1", "train.keep_checkpoints=1") == 0
     assert "resuming from" in capsys.readouterr().out
-    assert train(b, corpus_dir, 6) == 0                  # uninterrupted: bit-identical curve
-    la = losses(a)
-    assert list(la) == list(range(1, 7)) and losses(b) == la
+    la = losses(a)                                      # == the uninterrupted run's curve
+    assert list(la) == list(range(1, 7)) and losses(reference_run) == la
     rec = read_jsonl(a / "metrics.jsonl")[-1]
     assert rec["step"] == 6 and "dev_loss" in rec
     first = next(r for r in read_jsonl(a / "metrics.jsonl") if "loss" in r)
@@ -141,26 +149,24 @@ def test_checkpoint_roundtrip_keeps_the_newest_and_fits_the_template(tmp_path):
         ckpt.load(tmp_path, 7, ckpt.abstract(({"w": np.zeros((3, 3), np.float32)}, (np.int32(0),))))
 
 
-def test_old_format_is_refused_and_converted(corpus_dir, tmp_path):
+def test_old_format_is_refused_and_converted(corpus_dir, reference_run, tmp_path):
     import jax
-    w = tmp_path / "old"
-    assert train(w, corpus_dir, 2, "train.checkpoint_every=2") == 0
-    state = ckpt.restore_latest(w, _template(w)).state
-    ckpt.close_all()
     import shutil
-    shutil.rmtree(ckpt.ckpt_dir(w))
-    old = ckpt.step_path(w, 2)                       # what the old format wrote
+    w = tmp_path / "old"
+    shutil.copytree(reference_run, w, ignore=shutil.ignore_patterns("checkpoints"))
+    state = ckpt.restore_latest(reference_run, _template(reference_run)).state
+    old = ckpt.step_path(w, 6)                       # what the old format wrote
     old.mkdir(parents=True)
     leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
     np.savez(old / "arrays.npz", **{f"leaf_{i}": x for i, x in enumerate(leaves)})
-    (old / "meta.json").write_text(json.dumps({"step": 2, "num_leaves": len(leaves)}))
-    assert train(w, corpus_dir, 3) == 2                       # refused with the fix
+    (old / "meta.json").write_text(json.dumps({"step": 6, "num_leaves": len(leaves)}))
+    with pytest.raises(ckpt.CheckpointError, match="--convert-checkpoints"):
+        ckpt.restore_latest(w, _template(w))
     assert main(["train", "--preset", "tiny", "--workdir", str(w), "--data-dir", str(corpus_dir),
                  "--convert-checkpoints"]) == 0
     got = ckpt.restore_latest(w, _template(w))
-    assert got.step == 2 and all(np.array_equal(np.asarray(a), b) for a, b in
+    assert got.step == 6 and all(np.array_equal(np.asarray(a), b) for a, b in
                                  zip(jax.tree_util.tree_leaves(got.state), leaves))
-    assert train(w, corpus_dir, 3) == 0
 
 
 def _template(w):
