@@ -26,3 +26,14 @@ def mesh(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+    """One uninterrupted 6-step run of `tiny` on 8 devices (checkpoints every step), shared by
+    the resume, conversion and killed-run tests."""
+    from test_train_cli import tiny_corpus, train
+    corpus = tiny_corpus(tmp_path_factory.getbasetemp())
+    w = tmp_path_factory.mktemp("reference") / "w"
+    assert train(w, corpus, 6, "train.checkpoint_every=1") == 0
+    return w

@@ -42,15 +42,6 @@ def corpus_dir(tmp_path_factory) -> Path:
     return tiny_corpus(tmp_path_factory.getbasetemp())
 
 
-@pytest.fixture(scope="session")
-def reference_run(tmp_path_factory) -> Path:
-    """One uninterrupted 6-step run of `tiny` on 8 devices (checkpoints every step), shared."""
-    corpus = tiny_corpus(tmp_path_factory.getbasetemp())
-    w = tmp_path_factory.mktemp("reference") / "w"
-    assert train(w, corpus, 6, "train.checkpoint_every=1") == 0
-    return w
-
-
 def train(workdir, corpus, steps, *extra) -> int:
     return main(["train", "--preset", "tiny", "--steps", str(steps), "--workdir", str(workdir),
                  "--data-dir", str(corpus), "--no-progress", "--no-plots", *extra])

@@ -17,7 +17,7 @@ from gshard.models.config import get_preset
 from gshard.train.step import init_train_state, make_optimizer, make_train_step
 from gshard.train.zero import specs_for
 from test_multihost import _launch, _port, _wait
-from test_train_cli import losses, reference_run, tiny_corpus, train  # noqa: F401 (fixture)
+from test_train_cli import losses, tiny_corpus, train
 
 
 def _batch(B=16, L=8, V=64, seed=0):
