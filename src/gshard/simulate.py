@@ -60,6 +60,8 @@ class SimSettings:
     overlap: bool = False
     dropout: float = 0.1           # the paper's recipe
     second_expert_policy: str = "random"
+    shard_optimizer: bool = True   # weight-update sharding over the data axes (train/zero.py)
+    expert_axis: int = 0           # 0: the paper's 1-D mesh (E = D); N: data (D/N) x expert (N), E = N
 
     def __post_init__(self):
         if self.mode not in ("pair", "full"):
@@ -73,27 +75,38 @@ class SimSettings:
 
 
 # ----- building the lowered step ----------------------------------------------------------------
+def mesh_of(s: SimSettings, devices: int):
+    """(mesh shape, axis names, MeshAxes keywords, experts): the paper's 1-D mesh with one expert
+    per device, or a data x expert mesh whose experts are replicated over `data`."""
+    if not s.expert_axis:
+        return (devices,), ("x",), dict(data="x", expert="x"), devices
+    e = s.expert_axis
+    if devices % e:
+        raise ValueError(f"expert_axis={e} does not divide {devices} devices")
+    return (devices // e, e), ("data", "expert"), dict(data=("data", "expert"), expert="expert"), e
+
+
 def model_config(s: SimSettings, devices: int, enc: int | None = None, dec: int | None = None):
-    """The preset with E = D experts on the paper's 1-D mesh, G = D groups, explicit C."""
+    """The preset with E experts (E = D on the 1-D mesh), G = D groups, explicit C."""
     from .models.config import get_preset
 
     base = get_preset(s.preset)
     S = s.per_device_batch * s.length                      # tokens per group (= per device)
+    _, _, axes, experts = mesh_of(s, devices)
     cap = None
     if s.capacity == "paper":
-        cap = max(1, round(base.moe.capacity_factor * S / devices))
-    over = dict(num_experts=devices, num_groups=devices, data="x", expert="x",
+        cap = max(1, round(base.moe.capacity_factor * S / experts))
+    over = dict(num_experts=experts, num_groups=devices, **axes,
                 second_expert_policy=s.second_expert_policy, dropout=s.dropout, capacity=cap)
     if enc is not None:
         over.update(num_encoder_layers=enc, num_decoder_layers=dec)
     return get_preset(s.preset, **over)
 
 
-def _onehot_step(cfg, optimizer):
-    import optax
-
+def _onehot_step(cfg, optimizer, update_specs=None):
     from .models.transformer import forward
-    from .train.step import AUX_LOSS_WEIGHT
+    from .train.step import AUX_LOSS_WEIGHT, _update
+    from .train.zero import constrain
 
     def loss_fn(params, batch, rng):
         logits, aux = forward(params, cfg, batch["src"], batch["tgt_in"], src_pad=batch["src_pad"],
@@ -106,9 +119,13 @@ def _onehot_step(cfg, optimizer):
         return ce + AUX_LOSS_WEIGHT * aux["aux_loss"]
 
     def step(params, opt_state, batch, rng):
+        if update_specs is not None:
+            params = constrain(params, update_specs[0])
         loss, grads = jax.value_and_grad(loss_fn)(params, batch, rng)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        if update_specs is not None:
+            grads = constrain(grads, update_specs[1])
+        params, opt_state = _update(optimizer, params, opt_state, grads, update_specs)
+        return params, opt_state, loss
     return step
 
 
@@ -122,7 +139,7 @@ class LoweredStep:
 
 
 def lower_train_step(cfg, devices: int, s: SimSettings) -> LoweredStep:
-    """Lower one training step of ``cfg`` on ``AbstractMesh((devices,), ("x",))``."""
+    """Lower one training step of ``cfg`` on the abstract mesh of ``mesh_of``."""
     import gshard
     from .train.step import init_train_state, make_optimizer, make_train_step
 
@@ -132,11 +149,21 @@ def lower_train_step(cfg, devices: int, s: SimSettings) -> LoweredStep:
     ids = jax.ShapeDtypeStruct((B, L), jnp.int32)
     pad = jax.ShapeDtypeStruct((B, L), jnp.float32)
     batch = {"src": ids, "tgt_in": ids, "tgt_out": ids, "src_pad": pad, "tgt_pad": pad}
-    fn = make_train_step(cfg, opt) if s.step == "library" else _onehot_step(cfg, opt)
+    make = (lambda specs=None: make_train_step(cfg, opt, update_specs=specs)) if s.step == "library" \
+        else (lambda specs=None: _onehot_step(cfg, opt, specs))
+    fn = make()
     args = (params, state, batch, jax.random.key(0))  # dropout and the random policy
-    mesh = AbstractMesh((devices,), ("x",))
+    shape, names, axes, _ = mesh_of(s, devices)
+    mesh = AbstractMesh(shape, names)
     t0 = time.perf_counter()
     low = gshard.partition(fn, mesh).lower(*args)
+    if s.shard_optimizer:  # the forward layouts, then the step with the weight update sharded
+        from .train.step import loss_fn
+        from .train.zero import weight_update_specs
+        data = axes["data"] if isinstance(axes["data"], tuple) else (axes["data"],)
+        fwd = lambda p, b, k: loss_fn(p, cfg, b, k, deterministic=True)[0]  # noqa: E731
+        specs = weight_update_specs(fwd, params, (batch, args[3]), mesh, data)
+        low = gshard.partition(make(specs), mesh).lower(*args)
     secs = time.perf_counter() - t0
     n_p = len(jax.tree_util.tree_leaves(params))
     n_o = len(jax.tree_util.tree_leaves(state))
@@ -146,7 +173,7 @@ def lower_train_step(cfg, devices: int, s: SimSettings) -> LoweredStep:
     roles = (["activation"] * extra + ["weight"] * n_p + ["opt_state"] * n_o
              + ["activation"] * (n_all - n_p - n_o))
     replicated = [True] * extra + [sp.is_replicated() for sp in low.in_specs]
-    return LoweredStep(low, roles, replicated, {"x": devices}, secs)
+    return LoweredStep(low, roles, replicated, dict(zip(names, shape)), secs)
 
 
 def price(ls: LoweredStep, s: SimSettings):
@@ -181,7 +208,8 @@ def simulate_point(devices: int, s: SimSettings) -> dict:
     """One row of the study for ``devices`` devices (and experts)."""
     full_cfg = model_config(s, devices)
     n_enc, n_dec = full_cfg.num_encoder_layers, full_cfg.num_decoder_layers
-    row = {"preset": s.preset, "hardware": s.hardware, "devices": devices, "experts": devices,
+    row = {"preset": s.preset, "hardware": s.hardware, "devices": devices,
+           "experts": full_cfg.moe.num_experts, "shard_optimizer": s.shard_optimizer,
            "layers": n_enc + n_dec, "tokens_per_device": 2 * s.per_device_batch * s.length,
            "capacity": full_cfg.moe.capacity, "mode": s.mode}
     if s.mode == "full" or n_enc != n_dec or n_enc % 2:
@@ -262,10 +290,10 @@ def summary(rows: list[dict]) -> dict:
 
 def format_table(rows: list[dict]) -> str:
     head = (f"{'devices':>8}{'experts':>8}{'step':>10}{'compute':>10}{'all2all':>10}{'a2a %':>7}"
-            f"{'allred':>9}{'pair':>9}{'pair a2a%':>10}{'weights':>10}{'act':>9}{'peak':>9}"
-            f"{'part s':>8}")
+            f"{'allred':>9}{'pair':>9}{'pair a2a%':>10}{'weights':>10}{'opt':>9}{'act':>9}"
+            f"{'peak':>9}{'part s':>8}")
     units = (f"{'':>8}{'':>8}{'(s)':>10}{'(s)':>10}{'(s)':>10}{'':>7}{'(s)':>9}{'(ms)':>9}{'':>10}"
-             f"{'(GiB)':>10}{'(GiB)':>9}{'(GiB)':>9}{'':>8}")
+             f"{'(GiB)':>10}{'(GiB)':>9}{'(GiB)':>9}{'(GiB)':>9}{'':>8}")
     lines = [head, units]
     for r in rows:
         pair = r.get("pair_time_s")
@@ -276,6 +304,7 @@ def format_table(rows: list[dict]) -> str:
             + (f"{1e3 * pair:>9.2f}{100 * r['pair_alltoall_share']:>9.1f}%" if pair else
                f"{'-':>9}{'-':>10}")
             + f"{_gib(r['weight_bytes_per_device']):>10.3f}"
+            f"{_gib(r['opt_state_bytes_per_device']):>9.3f}"
             f"{_gib(r['activation_bytes_per_device']):>9.3f}{_gib(r['peak_bytes_per_device']):>9.3f}"
             f"{r['partition_seconds']:>8.2f}")
     sm = summary(rows)

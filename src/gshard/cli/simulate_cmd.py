@@ -42,6 +42,11 @@ def add_parser(sub):
                    help="paper: C = 2S/E; reference: at least 4, multiple of 4")
     p.add_argument("--overlap", action="store_true", help="overlap collectives with compute")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout rate (the paper: 0.1)")
+    p.add_argument("--expert-axis", type=int, default=0,
+                   help="0: the paper's 1-D mesh (experts = devices); N: a data x expert mesh "
+                        "with N experts, each replicated over data")
+    p.add_argument("--no-shard-optimizer", action="store_true",
+                   help="keep optimizer state replicated over the data axes (library step)")
     p.add_argument("--policy", default="random", choices=("all", "random", "sampling"),
                    help="second-expert policy (the paper: random)")
     p.add_argument("--json", help="write the rows here")
@@ -57,7 +62,9 @@ def run(args) -> int:
                             per_device_batch=args.batch_per_device, length=args.length,
                             optimizer=args.optimizer, mode=args.mode, step=args.step,
                             capacity=args.capacity, overlap=args.overlap,
-                            dropout=args.dropout, second_expert_policy=args.policy)
+                            dropout=args.dropout, second_expert_policy=args.policy,
+                            expert_axis=args.expert_axis,
+                            shard_optimizer=not args.no_shard_optimizer)
         sim.model_config(s, args.devices[0])
     except ValueError as e:
         print(f"gshard simulate: error: {e}", file=sys.stderr)

@@ -51,18 +51,23 @@ def _identity(name, dtype):
 
 
 def _operand(ctx, x: Local, axes, target: ShardingSpec, keep_partial: bool) -> Local:
-    """Reshard x: kept dims as the target wants, reduced dims keep their current split."""
-    used = set(target.used_axes())
+    """Reshard x: reduced dims keep their current split (the reduction consumes it, leaving a
+    partial sum or a cross-shard reduce of the small result), kept dims take the target's axes
+    but those the reduced dims already use (moving an axis off a reduced dim would regather the
+    big operand)."""
+    reduced = {a for d in axes for a in x.spec.dims[d]}
     it, dims = iter(target.dims), []
     for d in range(x.rank):
-        if d in axes:
-            cur = tuple(a for a in x.spec.dims[d] if a not in used)
-            used |= set(cur)
-            dims.append(cur)
-        else:
-            dims.append(next(it))
+        dims.append(x.spec.dims[d] if d in axes else
+                    tuple(a for a in next(it) if a not in reduced))
+    used = {a for d in dims for a in d}
     partial = x.spec.partial if keep_partial and not set(x.spec.partial) & used else ()
     return ctx.reshard(x, ShardingSpec(tuple(dims), partial), "reduction operand")
+
+
+def _kept(x: Local, axes) -> ShardingSpec:
+    """The result's spec: x's spec without the reduced dims."""
+    return ShardingSpec(tuple(a for d, a in enumerate(x.spec.dims) if d not in axes))
 
 
 def _reduced_axes(x: Local, axes):
@@ -77,13 +82,14 @@ def part_reduce(ctx, eqn, ins, targets):
     x = _operand(ctx, ins[0], axes, targets[0], keep_partial=name == "sum")
     x = ctx.masked(x, axes, _identity(name, x.dtype))
     val = eqn.prim.bind(x.val, **eqn.params)
-    split = _reduced_axes(x, axes)
-    spec = targets[0]
+    split, spec = _reduced_axes(x, axes), _kept(x, axes)
     if name == "sum":
-        return [Local(val, spec.with_partial(x.spec.partial + ctx.new_partial(split)), eqn.outputs[0].shape)]
+        return [Local(val, spec.with_partial(x.spec.partial + ctx.new_partial(split)),
+                      eqn.outputs[0].shape)]
     if split:
         val = _cross_reduce(ctx, val, split, name)
-    return [Local(val, spec, eqn.outputs[0].shape)]
+    out = Local(val, spec, eqn.outputs[0].shape)
+    return [ctx.reshard(out, targets[0], f"reduce_{name} result")]
 
 
 def _cross_reduce(ctx, val, axes, name):
@@ -123,7 +129,8 @@ def part_argminmax(ctx, eqn, ins, targets):
         big = jnp.iinfo(idx.dtype).max
         idx = ctx.all_reduce(jnp.where(win, gidx, big), split,
                              "arg-reduction index (first of the best)", op="min")
-    return [Local(idx, targets[0], eqn.outputs[0].shape)]
+    out = Local(idx, _kept(x, (axis,)), eqn.outputs[0].shape)
+    return [ctx.reshard(out, targets[0], "arg-reduction result")]
 
 
 _COMBINE = {"cumsum": jnp.add, "cumprod": jnp.multiply, "cummax": jnp.maximum,

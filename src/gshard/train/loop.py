@@ -158,7 +158,7 @@ class Trainer:
                   deterministic=self.cfg.model.dropout == 0.0, microbatches=t.microbatches)
         specs = None
         if t.shard_optimizer and self.plan.data_size() > 1:
-            specs = self._update_specs(make_train_step(self.mc, self.optimizer, **kw))
+            specs = self._update_specs()
         step = make_train_step(self.mc, self.optimizer, update_specs=specs, **kw)
         return gshard.partition(step, self.mesh, donate_argnums=(0, 1))
 
@@ -173,16 +173,15 @@ class Trainer:
                  "src_pad": flts(t.src_len), "tgt_pad": flts(t.tgt_len)}
         return params, state, batch, jax.ShapeDtypeStruct((2,), np.uint32)
 
-    def _update_specs(self, plain_step):
-        """Forward layouts from propagating the plain step; update layouts add the data axes."""
-        import gshard
-        from .zero import specs_for
-        params, state, batch, key = self._abstract_args()
-        low = gshard.partition(plain_step, self.mesh).lower(params, state, batch, key)
+    def _update_specs(self):
+        """Forward layouts from the model's forward pass; update layouts add the data axes."""
+        from .step import loss_fn
+        from .zero import weight_update_specs
+        params, _, batch, key = self._abstract_args()
         data = self.mc.mesh.data
         data = (data,) if isinstance(data, str) else tuple(data or ())
-        n = len(jax.tree_util.tree_leaves(params))
-        return specs_for(params, low.in_specs[:n], data, low.mesh.sizes)
+        fwd = lambda p, b, k: loss_fn(p, self.mc, b, k, deterministic=True)[0]  # noqa: E731
+        return weight_update_specs(fwd, params, (batch, key), self.mesh, data)
 
     def state_shardings(self):
         """Where the step wants (params, opt_state): the restore target's shardings."""

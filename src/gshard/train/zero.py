@@ -21,18 +21,20 @@ from ..spec import ShardingSpec
 
 
 def update_spec(fwd: ShardingSpec, shape, data_axes, sizes) -> ShardingSpec:
-    """`fwd` plus the unused data axes on the largest dim they divide evenly (else `fwd`)."""
+    """`fwd` plus the unused data axes on the largest dim they divide evenly; when none does
+    (a [1024, 16, 64] weight over 2048 replicas), on the dim that leaves the least per device,
+    unevenly (padded tiles: still about 1/N of the state per device)."""
     free = [a for a in data_axes if a not in fwd.used_axes()]
-    if not free:
+    if not free or not shape:
         return fwd
     k = math.prod(sizes[a] for a in free)
-    best = None
-    for d, n in enumerate(shape):
-        t = fwd.tiles(d, sizes) * k
-        if n % t == 0 and (best is None or n > shape[best]):
-            best = d
-    if best is None:
-        return fwd
+    tiles = [fwd.tiles(d, sizes) * k for d in range(len(shape))]
+    even = [d for d, n in enumerate(shape) if n % tiles[d] == 0]
+    if even:
+        best = max(even, key=lambda d: shape[d])
+    else:
+        best = min(range(len(shape)), key=lambda d: -(-shape[d] // tiles[d]) * math.prod(
+            n for i, n in enumerate(shape) if i != d))
     return fwd.with_dim(best, fwd.dims[best] + tuple(free))
 
 
@@ -43,6 +45,16 @@ def specs_for(params, fwd_specs: list, data_axes, sizes):
     upd = [update_spec(s, x.shape, data_axes, sizes) for s, x in zip(fwd, leaves)]
     unflat = lambda ss: jax.tree_util.tree_unflatten(tree, [s.to_partition_spec() for s in ss])  # noqa: E731
     return unflat(fwd), unflat(upd)
+
+
+def weight_update_specs(forward, params, args, mesh, data_axes):
+    """(forward, update) PartitionSpec trees: the forward layouts are what propagation gives the
+    parameters in `forward(params, *args)` alone (the model's own annotations; the backward pass
+    and the optimizer must not decide them), the update layouts add the data axes."""
+    import gshard
+    low = gshard.partition(forward, mesh).lower(params, *args)
+    n = len(jax.tree_util.tree_leaves(params))
+    return specs_for(params, low.in_specs[:n], data_axes, low.mesh.sizes)
 
 
 def constrain(tree, specs):
