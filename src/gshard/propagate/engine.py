@@ -91,14 +91,17 @@ def _apply(eqn, state: Propagation, level: int) -> bool:
             changed |= _offer(state, v, p, f"forward from eqn #{eqn.index} {eqn.prim.name}", eqn)
     if bwd:
         for v, p in zip(eqn.inputs, in_props):
-            changed |= _offer(state, v, p, f"backward from eqn #{eqn.index} {eqn.prim.name}", eqn)
+            changed |= _offer(state, v, p, f"backward from eqn #{eqn.index} {eqn.prim.name}", eqn,
+                              exact=eqn.prim.name == "gshard_annotate")
     return changed
 
 
-def _offer(state: Propagation, v, proposal, reason: str, eqn) -> bool:
+def _offer(state: Propagation, v, proposal, reason: str, eqn, exact: bool = False) -> bool:
+    """`exact`: an annotation's own spec offered to its operand, kept even where it splits a
+    dim into more tiles than elements (padded tiles: what the user asked for)."""
     if proposal is None or not isinstance(v, Value) or v in state.fixed:
         return False
-    proposal = sanitize(proposal, v.shape, state.mesh)
+    proposal = sanitize(proposal, v.shape, state.mesh, exact)
     cur = state.specs.get(v)
     new = merge(cur, proposal)
     if new is None or new == cur:
@@ -114,13 +117,13 @@ def _offer(state: Propagation, v, proposal, reason: str, eqn) -> bool:
     return True
 
 
-def sanitize(spec: ShardingSpec, shape, mesh: MeshInfo) -> ShardingSpec:
-    """Drop partial, repeated axes, and splits finer than the dim has elements."""
+def sanitize(spec: ShardingSpec, shape, mesh: MeshInfo, exact: bool = False) -> ShardingSpec:
+    """Drop partial, repeated axes, and (unless exact) splits finer than the dim has elements."""
     seen, dims = set(), []
     for n, axes in zip(shape, spec.dims):
         keep, tiles = [], 1
         for a in axes:
-            if a in seen or a not in mesh.sizes or tiles * mesh.sizes[a] > n:
+            if a in seen or a not in mesh.sizes or (tiles * mesh.sizes[a] > n and not exact):
                 break
             keep.append(a)
             seen.add(a)

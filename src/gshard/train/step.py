@@ -134,12 +134,12 @@ def _update(optimizer, params, opt_state, grads, update_specs):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
     from .zero import constrain, constrain_state
-    fwd, upd = update_specs
+    fwd, upd, axes, sizes = update_specs
     params = constrain(params, upd)                                       # a local slice
-    opt_state = constrain_state(opt_state, params, upd)
+    opt_state = constrain_state(opt_state, params, upd, axes, sizes)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     new = optax.apply_updates(params, updates)
-    return constrain(new, fwd), constrain_state(opt_state, params, upd)   # AllGather the weights
+    return constrain(new, fwd), constrain_state(opt_state, params, upd, axes, sizes)  # AllGather
 
 
 def init_train_state(cfg: ModelConfig, optimizer: optax.GradientTransformation, rng):

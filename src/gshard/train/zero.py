@@ -12,6 +12,7 @@ layout adds the data axes it is not split over yet to its largest dim they divid
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import jax
 from jax.sharding import PartitionSpec
@@ -38,13 +39,22 @@ def update_spec(fwd: ShardingSpec, shape, data_axes, sizes) -> ShardingSpec:
     return fwd.with_dim(best, fwd.dims[best] + tuple(free))
 
 
-def specs_for(params, fwd_specs: list, data_axes, sizes):
+class UpdateSpecs(NamedTuple):
+    """Per-parameter forward and update PartitionSpec trees, and the data axes (with sizes) that
+    other optimizer state (factored moments) is split over."""
+    fwd: Any
+    upd: Any
+    data_axes: tuple
+    sizes: dict
+
+
+def specs_for(params, fwd_specs: list, data_axes, sizes) -> UpdateSpecs:
     """Per-parameter (forward, update) PartitionSpec trees from the propagated forward specs."""
     leaves, tree = jax.tree_util.tree_flatten(params)
     fwd = [s.drop_partial() for s in fwd_specs]
     upd = [update_spec(s, x.shape, data_axes, sizes) for s, x in zip(fwd, leaves)]
     unflat = lambda ss: jax.tree_util.tree_unflatten(tree, [s.to_partition_spec() for s in ss])  # noqa: E731
-    return unflat(fwd), unflat(upd)
+    return UpdateSpecs(unflat(fwd), unflat(upd), tuple(data_axes), dict(sizes))
 
 
 def weight_update_specs(forward, params, args, mesh, data_axes):
@@ -63,9 +73,10 @@ def constrain(tree, specs):
                                   is_leaf=lambda s: isinstance(s, PartitionSpec))
 
 
-def constrain_state(opt_state, params, specs):
+def constrain_state(opt_state, params, specs, data_axes=(), sizes=None, min_size: int = 4096):
     """The optimizer-state leaves that mirror a parameter (Adam's mu and nu; same shape, its
-    path as a suffix) take that parameter's spec; others (counts, factored moments) propagate."""
+    path as a suffix) take that parameter's spec; other large ones (Adafactor's factored
+    moments) are split over the data axes on their own; small ones (counts) propagate."""
     by_path = {}
     for (path, x), s in zip(jax.tree_util.tree_flatten_with_path(params)[0],
                             jax.tree_util.tree_leaves(specs, is_leaf=lambda s: isinstance(s, PartitionSpec))):
@@ -78,5 +89,8 @@ def constrain_state(opt_state, params, specs):
             hit = by_path.get(path[-n:]) if len(path) >= n else None
             if hit is not None and tuple(hit[0]) == tuple(leaf.shape):
                 return _ann.mesh_split(leaf, hit[1])
+        if data_axes and math.prod(leaf.shape) >= min_size:
+            spec = update_spec(ShardingSpec.replicated(len(leaf.shape)), leaf.shape, data_axes, sizes)
+            return _ann.mesh_split(leaf, spec.to_partition_spec())
         return leaf
     return jax.tree_util.tree_map_with_path(one, opt_state)
