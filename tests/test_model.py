@@ -43,10 +43,10 @@ NODROP = get_preset("tiny", capacity=64)
 
 
 def test_presets_and_overrides():
-    assert set(PRESETS) >= {"tiny", "small", "paper-12L", "paper-36L"}
-    tiny = get_preset("tiny")
+    assert set(PRESETS) >= {"tiny", "default", "small", "paper-12L", "paper-36L"}
+    tiny = get_preset("tiny")  # the same TOML preset `gshard train --preset tiny` uses
     assert (tiny.d_model, tiny.moe.expert_hidden, tiny.num_heads, tiny.moe.num_experts) == \
-        (64, 128, 4, 4)
+        (32, 64, 2, 8)
     p = get_preset("paper-36L", num_experts=512, data="x", expert="x", dropout=0.2)
     assert (p.moe.num_experts, p.mesh.data, p.mesh.expert, p.dropout) == (512, "x", "x", 0.2)
     assert (p.d_model, p.moe.expert_hidden, p.num_heads) == (1024, 8192, 16)
@@ -80,7 +80,7 @@ def test_forward_shapes_and_aux():
     logits, aux = _fwd(params, _batch(), cfg)
     assert logits.shape == (B, LT, 256) and logits.dtype == jnp.float32
     assert np.isfinite(np.asarray(logits)).all()
-    assert aux["expert_load"].shape == (2, 4)             # one MoE layer in each stack
+    assert aux["expert_load"].shape == (2, cfg.moe.num_experts)  # one MoE layer in each stack
     np.testing.assert_allclose(np.asarray(aux["expert_load"]).sum(-1), 1.0, rtol=1e-5)
     assert float(aux["aux_loss"]) > 0 and 0 <= float(aux["dropped_fraction"]) <= 1
     assert "wg" in params["encoder"]["layer_1"]["ffn"]
@@ -104,7 +104,7 @@ def test_separate_vocabs_learned_positions_groups_and_gather():
     cfg = get_preset("tiny", tgt_vocab_size=100, shared_vocab=False, positions="learned",
                      num_groups=8, dispatch="gather", capacity=64)
     params = _init(cfg)
-    assert params["embed"]["tgt"].shape == (100, 64) and "pos" in params
+    assert params["embed"]["tgt"].shape == (100, cfg.d_model) and "pos" in params
     batch = _batch(2, tgt_vocab=100)
     logits, _ = _fwd(params, batch, cfg)
     assert logits.shape == (B, LT, 100)
@@ -203,3 +203,23 @@ def test_partitioned_train_step_equals_unpartitioned(shape, names, axes):
                                    atol=5e-5, rtol=1e-4)
     kinds = [c.kind for c in pf.lower(params, state, batch, rng).collectives]
     assert kinds.count("all_to_all") == 8   # 2 MoE layers x (2 forward + 2 backward)
+
+
+def test_padded_vocabulary_changes_nothing_but_the_table():
+    """vocab_multiple pads the table rows (even splits at scale); the padded ids never win and the
+    loss, smoothing included, is that of the unpadded model."""
+    from gshard.train.step import loss_fn
+    cfg = get_preset("tiny", vocab_size=250)
+    pcfg = cfg.replace(vocab_multiple=64)
+    params = _init(cfg)
+    padded = jax.tree_util.tree_map(lambda x: x, params)
+    table = params["embed"]["src"]                                        # [250, M]
+    padded["embed"]["src"] = jnp.concatenate([table, jnp.ones((6, table.shape[1]))])  # [256, M]
+    assert _init(pcfg)["embed"]["src"].shape == (256, cfg.d_model)
+    batch = _batch(vocab=250)
+    for ls in (0.0, 0.1):
+        a = loss_fn(params, cfg, batch, None, deterministic=True, label_smoothing=ls)[0]
+        b = loss_fn(padded, pcfg, batch, None, deterministic=True, label_smoothing=ls)[0]
+        np.testing.assert_allclose(float(a), float(b), rtol=1e-5)
+    logits, _ = _fwd(padded, batch, pcfg)
+    assert int(jnp.max(jnp.argmax(logits, -1))) < 250

@@ -7,6 +7,7 @@ same devices in the same order, so shard_map over it is the same machine.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -93,3 +94,38 @@ def flat_position_strides(shape: Sequence[int]) -> tuple[int, ...]:
         strides.append(acc)
         acc *= s
     return tuple(reversed(strides))
+
+
+# ----- the one --mesh spelling ------------------------------------------------------------------
+class MeshSpecError(GShardError):
+    """A malformed mesh spelling (`--mesh data=2,model=4`)."""
+
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_mesh_spec(text: str, *, rest: bool = False) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """``"data=2,model=4"`` -> (("data", "model"), (2, 4)); with `rest`, one size may be -1
+    (the remaining devices, resolved by the caller). Raises MeshSpecError with the fix."""
+    if not text or not text.strip():
+        raise MeshSpecError("empty mesh: spell it NAME=SIZE[,NAME=SIZE...], e.g. data=2,model=4")
+    names, shape = [], []
+    for part in text.split(","):
+        part = part.strip()
+        if part.count("=") != 1:
+            raise MeshSpecError(f"mesh axis {part!r} is not NAME=SIZE (e.g. data=2,model=4)")
+        name, size = (x.strip() for x in part.split("="))
+        if not _NAME.match(name):
+            raise MeshSpecError(f"mesh axis name {name!r} in {part!r} is not an identifier "
+                                f"(letters, digits, _)")
+        ok = size.isdigit() and int(size) >= 1 or (rest and size == "-1")
+        if not ok:
+            raise MeshSpecError(f"mesh axis size {size!r} in {part!r} is not a positive integer"
+                                + (" (or -1: the rest of the devices)" if rest else ""))
+        if name in names:
+            raise MeshSpecError(f"mesh axis {name!r} appears twice in {text!r}; each axis once")
+        names.append(name)
+        shape.append(int(size))
+    if shape.count(-1) > 1:
+        raise MeshSpecError(f"at most one mesh size may be -1 in {text!r}")
+    return tuple(names), tuple(shape)

@@ -37,6 +37,7 @@ class Rule:
     bwd_level: int = 1
     levels: Callable | None = None  # eqn -> (fwd_level, bwd_level) when they depend on the eqn
     ties: "TiesFn | None" = None    # loop / branch bodies: values tied to their outer values
+    carries_padded: bool = False    # a padded-tile split a same-shaped neighbour holds passes on
 
     def levels_of(self, eqn) -> tuple[int, int]:
         return self.levels(eqn) if self.levels else (self.fwd_level, self.bwd_level)
@@ -46,14 +47,16 @@ RULES: dict[Any, Rule] = {}
 
 
 def rule(prims, *, prop: "PropFn", fwd_level: int = 1, bwd_level: int | None = None,
-         levels: Callable | None = None, ties: "TiesFn | None" = None):
+         levels: Callable | None = None, ties: "TiesFn | None" = None,
+         carries_padded: bool = False):
     """Decorator on a partition rule: register it with its propagation rule for `prims`."""
     def deco(part: "PartFn") -> "PartFn":
         for p in _as_list(prims):
             if p is None:
                 continue
             RULES[p] = Rule(p, prop, part, fwd_level,
-                            fwd_level if bwd_level is None else bwd_level, levels, ties)
+                            fwd_level if bwd_level is None else bwd_level, levels, ties,
+                            carries_padded)
         return part
     return deco
 

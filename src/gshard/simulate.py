@@ -96,7 +96,7 @@ def model_config(s: SimSettings, devices: int, enc: int | None = None, dec: int 
     cap = None
     if s.capacity == "paper":
         cap = max(1, round(base.moe.capacity_factor * S / experts))
-    over = dict(num_experts=experts, num_groups=devices, **axes,
+    over = dict(num_experts=experts, num_groups=devices, **axes, vocab_multiple=devices,
                 second_expert_policy=s.second_expert_policy, dropout=s.dropout, capacity=cap)
     if enc is not None:
         over.update(num_encoder_layers=enc, num_decoder_layers=dec)

@@ -19,34 +19,16 @@ import sys
 DTYPES = {"f16": "float16", "bf16": "bfloat16", "f32": "float32", "f64": "float64",
           "i8": "int8", "i16": "int16", "i32": "int32", "i64": "int64", "u8": "uint8",
           "u16": "uint16", "u32": "uint32", "u64": "uint64", "bool": "bool", "pred": "bool"}
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ARG = re.compile(r"^([A-Za-z0-9]+)\[([0-9,\s]*)\]$")
 
 
-class SpecError(ValueError):
-    """A malformed --mesh or --args spelling."""
+from gshard.mesh import MeshSpecError as SpecError  # noqa: E402  (one error for --mesh / --args)
 
 
-def parse_mesh_spec(text: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """``"data=2,model=4"`` -> (("data", "model"), (2, 4)). Raises SpecError with the fix."""
-    if not text or not text.strip():
-        raise SpecError("empty mesh: spell it NAME=SIZE[,NAME=SIZE...], e.g. data=2,model=4")
-    names, shape = [], []
-    for part in text.split(","):
-        part = part.strip()
-        if part.count("=") != 1:
-            raise SpecError(f"mesh axis {part!r} is not NAME=SIZE (e.g. data=2,model=4)")
-        name, size = (s.strip() for s in part.split("="))
-        if not _NAME.match(name):
-            raise SpecError(f"mesh axis name {name!r} in {part!r} is not an identifier "
-                            f"(letters, digits, _)")
-        if not size.isdigit() or int(size) < 1:
-            raise SpecError(f"mesh axis size {size!r} in {part!r} is not a positive integer")
-        if name in names:
-            raise SpecError(f"mesh axis {name!r} appears twice in {text!r}; each axis once")
-        names.append(name)
-        shape.append(int(size))
-    return tuple(names), tuple(shape)
+def parse_mesh_spec(text: str):
+    """The one mesh spelling (gshard.mesh.parse_mesh_spec)."""
+    from gshard.mesh import parse_mesh_spec as parse
+    return parse(text)
 
 
 def build_mesh(text: str):

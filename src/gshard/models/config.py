@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Optional
 
 from ..moe.gating import KINDS, SECOND_EXPERT_POLICIES
@@ -105,6 +106,7 @@ class ModelConfig:
     vocab_size: int = 256                    # source vocabulary
     tgt_vocab_size: Optional[int] = None     # None = same as vocab_size
     shared_vocab: bool = True                # one table for source, target and softmax
+    vocab_multiple: int = 1                  # tables padded to a multiple (even splits at scale)
     d_model: int = 64                        # M
     d_ff: int = 128                          # dense FFN hidden
     num_heads: int = 4
@@ -118,7 +120,7 @@ class ModelConfig:
     mesh: MeshAxes = field(default_factory=MeshAxes)
 
     def __post_init__(self):
-        _positive(self, "vocab_size", "d_model", "d_ff", "num_heads", "max_len")
+        _positive(self, "vocab_size", "vocab_multiple", "d_model", "d_ff", "num_heads", "max_len")
         if self.tgt_vocab_size is not None:
             _positive(self, "tgt_vocab_size")
         for n in ("num_encoder_layers", "num_decoder_layers"):
@@ -142,6 +144,11 @@ class ModelConfig:
     @property
     def target_vocab(self) -> int:
         return self.vocab_size if self.tgt_vocab_size is None else self.tgt_vocab_size
+
+    def padded(self, vocab: int) -> int:
+        """Table rows for a vocabulary: rounded up to `vocab_multiple` (the padded ids never
+        win: their logits are masked), so the table splits evenly over that many devices."""
+        return -(-vocab // self.vocab_multiple) * self.vocab_multiple
 
     @property
     def d_head(self) -> int:
@@ -171,28 +178,31 @@ def _replace_nested(cfg: ModelConfig, overrides: dict) -> ModelConfig:
     return dataclasses.replace(cfg, moe=moe, mesh=mesh, **top_kw)
 
 
-def _paper(experts: int, layers: int) -> ModelConfig:
-    return ModelConfig(
-        vocab_size=64000, d_model=1024, d_ff=8192, num_heads=16,
-        num_encoder_layers=layers // 2, num_decoder_layers=layers // 2, dropout=0.1,
-        max_len=1024, dtype="bfloat16",
-        moe=MoEConfig(num_experts=experts, expert_hidden=8192, capacity_factor=2.0,
-                      second_expert_policy="random"))
+class _Presets(Mapping):
+    """The model part of every preset in gshard/presets/*.toml (the one preset system)."""
+
+    def __iter__(self):
+        from ..train.config import preset_names
+        return iter(preset_names())
+
+    def __len__(self):
+        return len(list(iter(self)))
+
+    def __getitem__(self, name: str) -> ModelConfig:
+        from ..train.config import ConfigError, load_config
+        try:
+            return load_config(name).model_config()
+        except ConfigError as e:
+            raise KeyError(name) from e
 
 
-PRESETS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(),
-    "small": ModelConfig(vocab_size=8192, d_model=256, d_ff=1024, num_heads=8,
-                         num_encoder_layers=4, num_decoder_layers=4, dropout=0.1, max_len=512,
-                         moe=MoEConfig(num_experts=16, expert_hidden=1024)),
-    "paper-12L": _paper(128, 12),
-    "paper-36L": _paper(2048, 36),
-}
+PRESETS: Mapping[str, ModelConfig] = _Presets()
 
 
 def get_preset(name: str, **overrides) -> ModelConfig:
-    """A preset, with any ModelConfig / MoEConfig / MeshAxes field overridden by name,
-    e.g. get_preset("paper-12L", num_experts=512, expert="x", data="x")."""
+    """A preset (gshard/presets/<name>.toml), with any ModelConfig / MoEConfig / MeshAxes field
+    overridden by name, e.g. get_preset("paper-12L", num_experts=512, expert="x", data="x").
+    A preset sized by its corpus gets a shared 256-piece vocabulary here."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides)

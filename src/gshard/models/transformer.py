@@ -72,9 +72,9 @@ def init_params(cfg: ModelConfig, rng):
     """The params pytree (a dict of float32 arrays)."""
     k_emb, k_tgt, k_pos, k_enc, k_dec = jax.random.split(rng, 5)
     M = cfg.d_model
-    embed = {"src": _normal(k_emb, (cfg.vocab_size, M), M ** -0.5)}
+    embed = {"src": _normal(k_emb, (cfg.padded(cfg.vocab_size), M), M ** -0.5)}
     if not cfg.shared_vocab:
-        embed["tgt"] = _normal(k_tgt, (cfg.target_vocab, M), M ** -0.5)
+        embed["tgt"] = _normal(k_tgt, (cfg.padded(cfg.target_vocab), M), M ** -0.5)
     params = {"embed": embed,
               "encoder": {f"layer_{i}": _init_layer(cfg, jax.random.fold_in(k_enc, i), i, False)
                           for i in range(cfg.num_encoder_layers)},
@@ -247,7 +247,11 @@ def decode(params, cfg: ModelConfig, enc, src_pad, tgt_in_ids, tgt_pad, *, deter
         auxes += [aux] if aux is not None else []
     x = layer_norm(params["decoder_norm"], x)
     logits = jnp.einsum("BLM,VM->BLV", x, table.astype(x.dtype))          # [B, Lt, Vt]
-    return shard(logits.astype(jnp.float32), cfg, "data", None, None), auxes
+    logits = shard(logits.astype(jnp.float32), cfg, "data", None, None)
+    if table.shape[0] != cfg.target_vocab:  # padded table rows: never predicted
+        valid = jnp.arange(table.shape[0]) < cfg.target_vocab              # [Vt]
+        logits = jnp.where(valid, logits, NEG_INF)
+    return logits, auxes
 
 
 def _summarise(auxes, num_experts):

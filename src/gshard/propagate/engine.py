@@ -88,12 +88,25 @@ def _apply(eqn, state: Propagation, level: int) -> bool:
     changed = False
     if fwd:
         for v, p in zip(eqn.outputs, out_props):
-            changed |= _offer(state, v, p, f"forward from eqn #{eqn.index} {eqn.prim.name}", eqn)
+            changed |= _offer(state, v, p, f"forward from eqn #{eqn.index} {eqn.prim.name}", eqn,
+                              exact=rule.carries_padded and _held(eqn, state, v, p))
     if bwd:
         for v, p in zip(eqn.inputs, in_props):
             changed |= _offer(state, v, p, f"backward from eqn #{eqn.index} {eqn.prim.name}", eqn,
-                              exact=eqn.prim.name == "gshard_annotate")
+                              exact=eqn.prim.name == "gshard_annotate"
+                              or (rule.carries_padded and _held(eqn, state, v, p)))
     return changed
+
+
+def _held(eqn, state: Propagation, v, proposal) -> bool:
+    """A split with padded tiles (finer than the dim has elements: ZeRO's update of a small
+    parameter over many replicas) that a same-shaped neighbour already holds passes on unchanged
+    through elementwise math instead of being dropped there and regathered."""
+    if proposal is None or not isinstance(v, Value):
+        return False
+    return any(isinstance(x, Value) and x is not v and x.shape == v.shape
+               and state.specs.get(x) is not None and state.specs[x].dims == proposal.dims
+               for x in (*eqn.inputs, *eqn.outputs))
 
 
 def _offer(state: Propagation, v, proposal, reason: str, eqn, exact: bool = False) -> bool:

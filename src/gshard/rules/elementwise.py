@@ -73,7 +73,7 @@ def _kept_partial(eqn, ins: list[Local], rank: int) -> tuple[str, ...]:
     return ()
 
 
-@rule(ELEMENTWISE, prop=prop_elementwise, fwd_level=0)
+@rule(ELEMENTWISE, prop=prop_elementwise, fwd_level=0, carries_padded=True)
 def part_elementwise(ctx, eqn, ins, targets):
     target, out_shape = targets[0], eqn.outputs[0].shape
     partial = _kept_partial(eqn, ins, len(out_shape))

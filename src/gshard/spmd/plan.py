@@ -68,6 +68,8 @@ def step_bytes(step: Step, shape, itemsize: int, sizes) -> int:
     local = list(step.before.local_shape(shape, sizes))
     if step.kind == "all_gather":
         local[step.dim] *= math.prod(sizes[a] for a in step.axes)
+    if step.kind == "reduce_scatter":  # the operand padded to whole tiles
+        local[step.dim] = step.after.local_shape(shape, sizes)[step.dim] * _tiles(step.axes, sizes)
     return math.prod(local) * itemsize
 
 
@@ -129,7 +131,8 @@ def _reduce_partials(cur: ShardingSpec, dst: ShardingSpec, shape, sizes):
             if a not in todo or a in cur.used_axes():
                 break
             ext.append(a)
-        if ext and _even(shape[d], want, sizes):
+        if ext and (_even(shape[d], want, sizes) or (not have and tuple(ext) == tuple(want))):
+            # uneven: the whole dim is padded to the tiles and reduce-scattered (padded tiles)
             keep = tuple(a for a in cur.partial if a not in ext)
             after = cur.with_dim(d, have + tuple(ext)).with_partial(keep)
             yield Step("reduce_scatter", tuple(ext), cur, after, dim=d)

@@ -46,7 +46,18 @@ def _all_reduce(ctx, x, s: Step, why):
 
 
 def _reduce_scatter(ctx, x, s: Step, why):
-    return ctx.reduce_scatter(x.val, s.axes, s.dim, _why_partial(x, why))
+    return ctx.reduce_scatter(_pad_to_tiles(ctx, x, s), s.axes, s.dim, _why_partial(x, why))
+
+
+def _pad_to_tiles(ctx, x, s: Step):
+    """The operand with dim `s.dim` zero-padded to the result's tile length times the tiles."""
+    d, val = s.dim, x.val
+    want = s.after.local_shape(x.shape, ctx.sizes)[d] * math.prod(ctx.sizes[a] for a in s.axes)
+    if val.shape[d] == want:
+        return val
+    pad = [(0, 0)] * x.rank
+    pad[d] = (0, want - val.shape[d])
+    return jnp.pad(val, pad)
 
 
 def _all_to_all(ctx, x, s: Step, why):
@@ -58,16 +69,9 @@ def _permute(ctx, x, s: Step, why):
 
 
 def _slice(ctx, x, s: Step, why):
-    d = s.dim
-    new_len = s.after.local_shape(x.shape, ctx.sizes)[d]
-    k = math.prod(ctx.sizes[a] for a in s.axes)
-    val = x.val
-    if val.shape[d] < new_len * k:
-        pad = [(0, 0)] * x.rank
-        pad[d] = (0, new_len * k - val.shape[d])
-        val = jnp.pad(val, pad)
+    new_len = s.after.local_shape(x.shape, ctx.sizes)[s.dim]
     start = ctx.shard_index(s.axes) * new_len
-    return lax.dynamic_slice_in_dim(val, start, new_len, axis=d)
+    return lax.dynamic_slice_in_dim(_pad_to_tiles(ctx, x, s), start, new_len, axis=s.dim)
 
 
 def _add_partial(ctx, x, s: Step, why):

@@ -20,10 +20,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..models.config import MoEConfig
+
 
 @dataclass(frozen=True)
 class ModelSection:
-    """Transformer shape (vocabulary sizes come from the corpus' SentencePiece models)."""
+    """Transformer shape. vocab_size 0: the corpus' SentencePiece models give both sides'
+    sizes; > 0: a fixed vocabulary (the paper presets, simulated without a corpus)."""
+    vocab_size: int = 0
+    shared_vocab: bool = False
+    vocab_multiple: int = 1                # tables padded to a multiple (even splits)
+    max_len: int = 0                       # learned positions; 0 = from the train/eval lengths
     d_model: int = 64
     d_ff: int = 128
     num_heads: int = 4
@@ -32,19 +39,6 @@ class ModelSection:
     dropout: float = 0.0
     positions: str = "sinusoidal"
     dtype: str = "float32"
-
-
-@dataclass(frozen=True)
-class MoESection:
-    """The MoE FFN (DESIGN §7); every=0 makes a dense model."""
-    num_experts: int = 8
-    expert_hidden: int = 128
-    gating: str = "top2"
-    capacity_factor: float = 2.0
-    second_expert_policy: str = "all"
-    every: int = 2
-    dispatch: str = "einsum"
-    num_groups: int = 0                    # 0 = one group per sequence (G = batch)
 
 
 @dataclass(frozen=True)
@@ -94,7 +88,7 @@ class EvalSection:
 @dataclass(frozen=True)
 class RunConfig:
     model: ModelSection = field(default_factory=ModelSection)
-    moe: MoESection = field(default_factory=MoESection)
+    moe: MoEConfig = field(default_factory=MoEConfig)     # the one MoE config (models/config.py)
     train: TrainSection = field(default_factory=TrainSection)
     data: DataSection = field(default_factory=DataSection)
     eval: EvalSection = field(default_factory=EvalSection)
@@ -106,17 +100,21 @@ class RunConfig:
     def replace(self, **sections) -> "RunConfig":
         return dataclasses.replace(self, **sections)
 
-    def model_config(self, src_vocab: int, tgt_vocab: int, mesh_axes=None):
-        """The gshard ModelConfig for these vocabularies and mesh axes."""
-        from ..models.config import MeshAxes, ModelConfig, MoEConfig
+    def model_config(self, src_vocab: int = 0, tgt_vocab: int = 0, mesh_axes=None):
+        """The gshard ModelConfig for these vocabularies (or the preset's fixed one) and mesh
+        axes."""
+        from ..models.config import MeshAxes, ModelConfig
 
-        moe = dataclasses.asdict(self.moe)
-        moe["num_groups"] = moe["num_groups"] or None
-        return ModelConfig(vocab_size=src_vocab, tgt_vocab_size=tgt_vocab, shared_vocab=False,
-                           max_len=max(self.train.src_len, self.train.tgt_len,
-                                       self.eval.max_len) + 1,
-                           moe=MoEConfig(**moe), mesh=mesh_axes or MeshAxes(),
-                           **dataclasses.asdict(self.model))
+        m = dataclasses.asdict(self.model)
+        fixed, shared, max_len = m.pop("vocab_size"), m.pop("shared_vocab"), m.pop("max_len")
+        if not fixed and not src_vocab:  # no corpus at hand: a shared 256-piece stand-in
+            fixed, shared = 256, True
+        src = fixed or src_vocab
+        tgt = None if shared else (fixed or tgt_vocab)
+        return ModelConfig(vocab_size=src, tgt_vocab_size=tgt, shared_vocab=shared,
+                           max_len=max_len or max(self.train.src_len, self.train.tgt_len,
+                                                  self.eval.max_len) + 1,
+                           moe=self.moe, mesh=mesh_axes or MeshAxes(), **m)
 
 
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)
@@ -145,7 +143,7 @@ def _field_type(cls, name: str):
 
 def _coerce(key: str, cls, name: str, value: Any):
     tp, optional = _field_type(cls, name)
-    if value is None and optional:
+    if optional and (value is None or value == 0):  # TOML has no null: 0 means "unset"
         return None
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -167,7 +165,11 @@ def _apply(cfg: RunConfig, section: str, values: dict, where: str) -> RunConfig:
         if k not in names:
             raise ConfigError(f"unknown key {key!r} in {where}{_suggest(key, all_keys())}")
         kw[k] = _coerce(key, cls, k, v)
-    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **kw)})
+    try:
+        new = dataclasses.replace(getattr(cfg, section), **kw)
+    except ValueError as e:  # a validated section (MoEConfig) refused the values
+        raise ConfigError(f"{where}: {e}") from None
+    return dataclasses.replace(cfg, **{section: new})
 
 
 def parse_value(text: str):

@@ -14,6 +14,7 @@ died and exit with status 3, instead of hanging in a collective.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -67,20 +68,20 @@ class MeshPlan:
 
 def parse_mesh(text: str | None, num_devices: int) -> MeshPlan:
     """'data=2,expert=4' -> MeshPlan((2, 4), ('data', 'expert')); None/'' = all devices on
-    one `data` axis. One size may be -1 (the rest of the devices)."""
+    one `data` axis. One size may be -1 (the rest of the devices). The spelling is gshard's one
+    mesh spelling (gshard.mesh.parse_mesh_spec); the trainer's axes are data, expert, model."""
+    from ..mesh import MeshSpecError, parse_mesh_spec
     if not text:
         return MeshPlan((num_devices,), ("data",))
-    sizes = {}
-    for part in text.split(","):
-        name, _, size = part.strip().partition("=")
+    try:
+        names, shape = parse_mesh_spec(text, rest=True)
+    except MeshSpecError as e:
+        raise MeshError(str(e)) from None
+    for name in names:
         if name not in AXIS_ORDER:
             raise MeshError(f"mesh axis {name!r} must be one of {AXIS_ORDER} (in {text!r})")
-        if name in sizes or not size.lstrip("-").isdigit():
-            raise MeshError(f"bad mesh spec {text!r}: want e.g. data=2,expert=4")
-        sizes[name] = int(size)
-    known = 1
-    for s in sizes.values():
-        known *= s if s > 0 else 1
+    sizes = dict(zip(names, shape))
+    known = math.prod(s for s in shape if s > 0)
     sizes = {n: (num_devices // known if s == -1 else s) for n, s in sizes.items()}
     names = tuple(n for n in AXIS_ORDER if n in sizes)
     plan = MeshPlan(tuple(sizes[n] for n in names), names)

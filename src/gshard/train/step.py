@@ -65,14 +65,17 @@ def make_optimizer(name: str, **kwargs) -> optax.GradientTransformation:
 
 
 # ----- loss ------------------------------------------------------------------------------------
-def cross_entropy(logits, targets, pad=None, label_smoothing: float = 0.0):
-    """Mean over non-pad tokens of the token cross-entropy; logits [B, L, V], targets [B, L].
+def cross_entropy(logits, targets, pad=None, label_smoothing: float = 0.0, vocab=None):
+    """Mean over non-pad tokens of the token cross-entropy; logits [B, L, V], targets [B, L];
+    `vocab`: the real vocabulary when the table is padded (smoothing spreads over it only).
     Returns (loss, number of non-pad tokens, accuracy)."""
-    V = logits.shape[-1]
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)        # [B, L, V]
+    V = logits.shape[-1] if vocab is None else vocab
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)        # [B, L, Vp]
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # [B, L]
     if label_smoothing:
-        nll = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1)
+        real = jnp.arange(logp.shape[-1]) < V                              # [Vp]
+        smooth = jnp.sum(jnp.where(real, logp, 0.0), axis=-1) / V          # [B, L]
+        nll = (1.0 - label_smoothing) * nll - label_smoothing * smooth
     weight = jnp.ones_like(nll) if pad is None else 1.0 - pad.astype(jnp.float32)
     ntok = jnp.sum(weight)
     denom = jnp.maximum(ntok, 1.0)
@@ -87,7 +90,7 @@ def loss_fn(params, cfg: ModelConfig, batch, rng, *, deterministic=False, label_
                           src_pad=batch.get("src_pad"), tgt_pad=batch.get("tgt_pad"),
                           deterministic=deterministic, rng=rng)
     ce, ntok, acc = cross_entropy(logits, batch["tgt_out"], batch.get("tgt_pad"),
-                                  label_smoothing)
+                                  label_smoothing, vocab=cfg.target_vocab)
     loss = ce + aux_loss_weight * aux["aux_loss"] + z_loss_weight * aux["z_loss"]
     metrics = {"loss": loss, "cross_entropy": ce, "accuracy": acc, "num_tokens": ntok,
                "aux_loss": aux["aux_loss"], "z_loss": aux["z_loss"],

@@ -75,8 +75,10 @@ def constrain(tree, specs):
 
 def constrain_state(opt_state, params, specs, data_axes=(), sizes=None, min_size: int = 4096):
     """The optimizer-state leaves that mirror a parameter (Adam's mu and nu; same shape, its
-    path as a suffix) take that parameter's spec; other large ones (Adafactor's factored
-    moments) are split over the data axes on their own; small ones (counts) propagate."""
+    path as a suffix) take that parameter's spec; a factored moment (Adafactor's v_row, v_col:
+    the parameter's shape less one dim) takes that spec less the factored dim, plus any data
+    axes that dim held; other large ones are split over the data axes on their own; small ones
+    (counts) propagate."""
     by_path = {}
     for (path, x), s in zip(jax.tree_util.tree_flatten_with_path(params)[0],
                             jax.tree_util.tree_leaves(specs, is_leaf=lambda s: isinstance(s, PartitionSpec))):
@@ -89,8 +91,27 @@ def constrain_state(opt_state, params, specs, data_axes=(), sizes=None, min_size
             hit = by_path.get(path[-n:]) if len(path) >= n else None
             if hit is not None and tuple(hit[0]) == tuple(leaf.shape):
                 return _ann.mesh_split(leaf, hit[1])
+            spec = _factored(hit, leaf.shape, data_axes, sizes) if hit is not None else None
+            if spec is not None:
+                return _ann.mesh_split(leaf, spec)
         if data_axes and math.prod(leaf.shape) >= min_size:
             spec = update_spec(ShardingSpec.replicated(len(leaf.shape)), leaf.shape, data_axes, sizes)
             return _ann.mesh_split(leaf, spec.to_partition_spec())
         return leaf
     return jax.tree_util.tree_map_with_path(one, opt_state)
+
+
+def _factored(hit, shape, data_axes, sizes):
+    """The spec of a factored moment of a parameter (shape, update PartitionSpec): the
+    parameter's spec with the factored-out dim dropped; None if `shape` is not such a moment."""
+    pshape, pspec = hit
+    if len(shape) != len(pshape) - 1:
+        return None
+    full = ShardingSpec.from_partition_spec(pspec, len(pshape))
+    for k in range(len(pshape) - 1, -1, -1):
+        if tuple(pshape[:k]) + tuple(pshape[k + 1:]) == tuple(shape):
+            dims = full.dims[:k] + full.dims[k + 1:]
+            kept = ShardingSpec(tuple(dims))
+            return (update_spec(kept, shape, data_axes, sizes) if data_axes else kept) \
+                .to_partition_spec()
+    return None
