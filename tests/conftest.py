@@ -37,3 +37,17 @@ def reference_run(tmp_path_factory):
     w = tmp_path_factory.mktemp("reference") / "w"
     assert train(w, corpus, 6, "train.checkpoint_every=1") == 0
     return w
+
+
+# CI packing on 2 workers: the tests that share `reference_run` run on one worker (it is built
+# once), and the long files start first so that no worker idles at the end.
+LONG_FIRST = ("test_train_scale.py", "test_third_party.py", "test_train_cli.py", "test_fuzz.py",
+              "test_scaling.py", "test_eval.py", "test_train_partitioned.py", "test_multihost.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "reference_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("reference_run"))
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda it: rank.get(it.path.name, len(LONG_FIRST)))
