@@ -160,19 +160,42 @@ def test_temperature_probabilities():
 
 
 def test_sampling_follows_temperature_distribution(corpus):
-    it = BatchIterator(corpus, batch_size=256, src_len=16, tgt_len=16, temperature=5.0, seed=3)
+    it = BatchIterator(corpus, batch_size=256, src_len=16, tgt_len=16, temperature=5.0, seed=3,
+                       length_filter=False)
     seen = Counter()
     for step in range(40):
         li, _ = it.indices_at(step)
         seen.update(li.tolist())
     freq = np.array([seen[i] for i in range(len(it.languages))]) / (40 * 256)
     assert np.abs(freq - it.probs).max() < 0.02
-    n = np.array([corpus.train_counts[lang] for lang in it.languages], float)
+    n = it.sizes.astype(float)  # the pairs that fit the lengths (the length filter)
     assert it.probs == pytest.approx(n ** 0.2 / (n ** 0.2).sum())
 
 
+def test_length_filter_keeps_whole_pairs_and_reports_what_it_left(corpus):
+    it = BatchIterator(corpus, batch_size=64, src_len=48, tgt_len=32, seed=2)
+    rep = it.length_report()
+    assert 0 < rep["kept"] < rep["total"] and rep["left_out"] == rep["total"] - rep["kept"]
+    assert rep["src_pieces_kept"][2] <= 47 and rep["tgt_pieces_kept"][2] <= 31
+    assert rep["src_pieces_all"][2] > 47  # the corpus has longer pairs: they were left out
+    def lengths(iterator, step):  # (rows' pieces, the examples' whole lengths) of one batch
+        b, (li, ex) = iterator.batch_at(step), iterator.indices_at(step)
+        got = (b["src"] != PAD_ID).sum(1) - 1                             # less the EOS
+        full = [len(iterator.encoded[iterator.languages[a]].example(iterator.index[
+            iterator.languages[a]][e])[0]) for a, e in zip(li, ex)]
+        return got, np.array(full)
+    for step in range(3):
+        got, full = lengths(it, step)
+        assert np.array_equal(got, full)  # every row whole: nothing truncated
+    whole = BatchIterator(corpus, batch_size=64, src_len=48, tgt_len=32, seed=2,
+                          length_filter=False)
+    assert whole.sizes.sum() == rep["total"] > it.sizes.sum() == rep["kept"]
+    got, full = lengths(whole, 0)
+    assert (full > got).any()  # without the filter, long sources are cut
+
+
 def test_exact_resume_across_fresh_iterators(corpus):
-    kw = dict(batch_size=8, src_len=24, tgt_len=20, temperature=5.0, seed=7)
+    kw = dict(batch_size=8, src_len=24, tgt_len=20, temperature=5.0, seed=7, length_filter=False)
     a = BatchIterator(corpus, **kw)
     run = [b for _, b in zip(range(6), a)]
     b = BatchIterator(corpus, start_step=3, **kw)
@@ -185,7 +208,7 @@ def test_exact_resume_across_fresh_iterators(corpus):
 
 
 def test_batch_shapes_and_padding(corpus):
-    it = BatchIterator(corpus, batch_size=32, src_len=12, tgt_len=10, seed=1)
+    it = BatchIterator(corpus, batch_size=32, src_len=12, tgt_len=10, seed=1, length_filter=False)
     b = it.batch_at(0)
     assert {k: (v.shape, v.dtype.name) for k, v in b.items()} == {
         "src": ((32, 12), "int32"), "tgt_in": ((32, 10), "int32"), "tgt_out": ((32, 10), "int32"),
@@ -234,4 +257,4 @@ def test_private_apt_config_and_quick_mode(tmp_path):
     assert (tmp_path / "apt" / "lists" / "partial").is_dir()
     q = quick_config(PrepareConfig(data_dir=tmp_path))
     assert q.quick and not q.use_pypi and q.ddtp_codes == QUICK_DDTP_CODES
-    assert q.split.train_cap == 2000 and q.vocab.src_vocab <= 2000 and q.vocab.sample <= 20000
+    assert q.split.train_cap == 8000 and q.vocab.src_vocab <= 8000 and q.vocab.sample <= 60000

@@ -104,3 +104,17 @@ def test_plans_execute_to_the_same_values(mesh):
     for i, j in pick:
         out, _ = run_reshard(m, shape, pool[i], pool[j], x)
         np.testing.assert_array_equal(out, x, err_msg=f"{pool[i]} -> {pool[j]}")
+
+
+def test_uneven_partial_sum_is_reduce_scattered_padded():
+    """A partial sum onto an uneven split: one ReduceScatter of the zero-padded operand (not an
+    AllReduce of the whole and a slice); its bytes are the padded operand's."""
+    from test_reshard import run_reshard
+    sizes, shape = {"x": 8}, (10, 8)
+    P, S0 = ShardingSpec(((), ()), ("x",)), ShardingSpec((("x",), ()))
+    (rs,) = plan(P, S0, shape, sizes)
+    assert rs.kind == "reduce_scatter" and step_bytes(rs, shape, 4, sizes) == 16 * 8 * 4
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    out, recs = run_reshard(jax.make_mesh((8,), ("x",)), shape, P, S0, x)
+    np.testing.assert_allclose(out, 8 * x, rtol=1e-6)  # every device held x: the sum is 8x
+    assert [r.kind for r in recs] == ["reduce_scatter"]

@@ -24,6 +24,9 @@ def add_parser(sub):
     p.add_argument("--mesh", default=None, help="e.g. data=2,expert=4 (default: all devices on one axis)")
     p.add_argument("--devices", type=int, default=8, help="simulated CPU devices (with --demo)")
     p.add_argument("--demo", action="store_true", help="only partition and explain one MoE layer")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="scale the recipe to about N minutes of wall time: training stops at "
+                        "N*60 - 60 s (data and eval take the rest); steps scaled to match")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     p.set_defaults(func=run)
     return p
@@ -53,14 +56,29 @@ def ensure_data(cfg, log=print) -> Path:
     return root
 
 
+def _minutes(args) -> list[str]:
+    """--minutes N: the preset's recipe for about N minutes (training time and step budget
+    scaled by the same factor; the learning-rate schedule does not depend on the step count)."""
+    if args.minutes is None:
+        return []
+    from gshard.cli.train_cmd import config_from_args
+    if args.minutes < 2:
+        raise ValueError(f"--minutes must be at least 2 (data and eval take about a minute), "
+                         f"got {args.minutes:g}")
+    base = config_from_args(args).train
+    limit = args.minutes * 60 - 60
+    scale = limit / base.time_limit_s if base.time_limit_s else args.minutes / 10
+    return [f"train.time_limit_s={limit:g}", f"train.steps={max(1, round(base.steps * scale))}"]
+
+
 def main_job(args) -> int:
     from gshard.cli.train_cmd import config_from_args
-    from gshard.evaluate.evaluator import evaluate, format_table
+    from gshard.evaluate.evaluator import evaluate, format_examples, format_table
     from gshard.evaluate.plots import eval_plots, training_plots
     from gshard.train.loop import train
 
     t0 = time.perf_counter()
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, extra=_minutes(args))
     ensure_data(cfg)
     t_data = time.perf_counter() - t0
     print(f"[2/4] train: preset {args.preset} -> {args.workdir}")
@@ -69,6 +87,7 @@ def main_job(args) -> int:
     print("[3/4] eval: test split (greedy + beam) and UDHR")
     ev = evaluate(args.workdir)
     print(format_table(ev))
+    print("some translations (test set):\n" + format_examples(ev))
     pics = training_plots(args.workdir) + eval_plots(args.workdir)
     wall = time.perf_counter() - t0
     print(f"[4/4] plots: {', '.join(str(p) for p in pics)}")

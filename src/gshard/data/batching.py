@@ -35,6 +35,15 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.src_off) - 1
 
+    def fitting(self, src_len: int, tgt_len: int) -> np.ndarray:
+        """Indices of the examples that fit [src_len] (pieces + EOS) and [tgt_len] (BOS or EOS
+        + pieces) whole: the length filter (no example is truncated)."""
+        ls, lt = np.diff(self.src_off), np.diff(self.tgt_off)
+        return np.flatnonzero((ls <= src_len - 1) & (lt <= tgt_len - 1))
+
+    def lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.diff(self.src_off), np.diff(self.tgt_off)
+
     def example(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         return (self.src[self.src_off[i]:self.src_off[i + 1]],
                 self.tgt[self.tgt_off[i]:self.tgt_off[i + 1]])
@@ -97,7 +106,7 @@ class BatchIterator:
 
     def __init__(self, corpus: Corpus, batch_size: int, src_len: int, tgt_len: int,
                  temperature: float = 5.0, seed: int = 0, languages: Sequence[str] | None = None,
-                 split: str = "train", start_step: int = 0):
+                 split: str = "train", start_step: int = 0, length_filter: bool = True):
         if batch_size < 1 or src_len < 2 or tgt_len < 2:
             raise ValueError("need batch_size >= 1 and src_len, tgt_len >= 2")
         counts = corpus.train_counts if split == "train" else \
@@ -108,7 +117,12 @@ class BatchIterator:
         self.corpus, self.batch_size, self.src_len, self.tgt_len = corpus, batch_size, src_len, tgt_len
         self.temperature, self.seed, self.step = temperature, seed, start_step
         self.encoded = encoded_split(corpus, split, self.languages)
-        self.sizes = np.array([len(self.encoded[lang]) for lang in self.languages], np.int64)
+        self.index = {lang: (e.fitting(src_len, tgt_len) if length_filter else np.arange(len(e)))
+                      for lang, e in self.encoded.items()}
+        self.languages = tuple(lang for lang in self.languages if len(self.index[lang]))
+        if not self.languages:
+            raise ValueError(f"no {split} pair fits src_len={src_len}, tgt_len={tgt_len}")
+        self.sizes = np.array([len(self.index[lang]) for lang in self.languages], np.int64)
         probs = temperature_probs(dict(zip(self.languages, self.sizes.tolist())), temperature)
         self.probs = np.array([probs[lang] for lang in self.languages])
         self.lang_ids = np.array([corpus.lang_id(lang) for lang in self.languages], np.int32)
@@ -126,7 +140,8 @@ class BatchIterator:
 
     def batch_at(self, step: int) -> dict[str, np.ndarray]:
         li, ex = self.indices_at(step)
-        batch = pack([self.encoded[self.languages[a]].example(b) for a, b in zip(li, ex)],
+        batch = pack([self.encoded[lang].example(self.index[lang][b])
+                      for lang, b in ((self.languages[a], b) for a, b in zip(li, ex))],
                      self.src_len, self.tgt_len)
         batch["lang"] = self.lang_ids[li]
         return batch
@@ -135,6 +150,21 @@ class BatchIterator:
         while True:
             yield self.batch_at(self.step)
             self.step += 1
+
+    def length_report(self) -> dict:
+        """What the length filter kept: per language {total, kept}, and the pooled piece-length
+        percentiles (p50/p90/p99) of all pairs and of the kept ones, source and target."""
+        langs = {lang: {"total": len(e), "kept": int(len(self.index.get(lang, ())))}
+                 for lang, e in self.encoded.items()}
+        ls, lt = (np.concatenate(x) for x in zip(*(e.lengths() for e in self.encoded.values())))
+        ks, kt = (np.concatenate(x) for x in zip(*(
+            tuple(a[self.index[lang]] for a in e.lengths())
+            for lang, e in self.encoded.items() if lang in self.index)))
+        pct = lambda a: [int(v) for v in np.percentile(a, [50, 90, 99])] if len(a) else []  # noqa: E731
+        total, kept = sum(v["total"] for v in langs.values()), sum(v["kept"] for v in langs.values())
+        return {"src_len": self.src_len, "tgt_len": self.tgt_len, "total": total, "kept": kept,
+                "left_out": total - kept, "src_pieces_all": pct(ls), "tgt_pieces_all": pct(lt),
+                "src_pieces_kept": pct(ks), "tgt_pieces_kept": pct(kt), "languages": langs}
 
     def state(self) -> dict:
         """Everything needed to resume: pass `start_step=state['step']` to a fresh iterator."""

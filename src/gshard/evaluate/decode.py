@@ -62,10 +62,20 @@ def _beam_logp(logp, done):
     return jnp.where(done[..., None], pad_only, logp)
 
 
+def _penalty(length, alpha: float):
+    """GNMT length penalty ((5 + len) / 6) ** alpha."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
 @partial(jax.jit, static_argnames=("mc", "max_len", "beam", "alpha"))
 def beam_search(params, mc, src, src_pad, max_len: int, beam: int = 4, alpha: float = 0.6):
-    """src [B, Ls] -> best hypothesis ids [B, max_len] by length-normalised log-probability
-    (GNMT penalty ((5 + len) / 6) ** alpha)."""
+    """src [B, Ls] -> best hypothesis ids [B, max_len] by length-normalised log-probability.
+
+    Candidates are ranked by their length-normalised score at every step, not only at the end:
+    a finished hypothesis keeps its slot only while its normalised score beats the extensions
+    of the live ones (ranked by raw score, short finished hypotheses crowd out the live beams,
+    and beam search loses to greedy). Beam 1 is greedy: one live row, all its extensions of one
+    length."""
     B, K = src.shape[0], beam
     enc, _ = _encode(params, mc, src, src_pad, deterministic=True)
     enc, spad = jnp.repeat(enc, K, axis=0), jnp.repeat(src_pad, K, axis=0)   # [B*K, ...]
@@ -77,18 +87,20 @@ def beam_search(params, mc, src, src_pad, max_len: int, beam: int = 4, alpha: fl
         buf, scores, done, length = carry
         logp = _step_logp(params, mc, enc, spad, buf.reshape(B * K, -1), t).reshape(B, K, -1)
         V = logp.shape[-1]
-        cand = (scores[..., None] + _beam_logp(logp, done)).reshape(B, K * V)
-        scores, idx = jax.lax.top_k(cand, K)                                   # [B, K]
+        raw = (scores[..., None] + _beam_logp(logp, done)).reshape(B, K * V)   # [B, K*V]
+        new_len = length + (~done)                                            # [B, K]
+        rank = raw / jnp.repeat(_penalty(new_len, alpha), V, axis=1)          # [B, K*V]
+        _, idx = jax.lax.top_k(rank, K)                                       # [B, K]
+        scores = jnp.take_along_axis(raw, idx, axis=1)
         src_beam, tok = idx // V, (idx % V).astype(jnp.int32)
         take = lambda a: jnp.take_along_axis(a, src_beam, axis=1)              # noqa: E731
         buf = jnp.take_along_axis(buf, src_beam[..., None], axis=1).at[:, :, t + 1].set(tok)
         was_done = take(done)
-        return buf, scores, was_done | (tok == EOS_ID), take(length) + (~was_done)
+        return buf, scores, was_done | (tok == EOS_ID), take(new_len)
 
     buf, scores, done, length = jax.lax.fori_loop(0, max_len, body,
                                                   (buf, scores, done, length))
-    norm = scores / ((5.0 + length) / 6.0) ** alpha
-    best = jnp.argmax(norm, axis=1)
+    best = jnp.argmax(scores / _penalty(length, alpha), axis=1)
     return jnp.take_along_axis(buf, best[:, None, None], axis=1)[:, 0, 1:]
 
 

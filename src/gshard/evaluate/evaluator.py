@@ -39,6 +39,18 @@ class Model:
     params: dict
     step: int
 
+    @property
+    def max_len(self) -> int:
+        return self.cfg.eval.max_len or self.cfg.train.tgt_len
+
+    def in_range(self, pairs: list) -> list:
+        """The pairs that fit the trained lengths whole (eval.in_train_range), in order."""
+        if not self.cfg.eval.in_train_range or not pairs:
+            return pairs
+        from ..data.batching import encode_pairs
+        t = self.cfg.train
+        return [pairs[i] for i in encode_pairs(self.corpus, pairs).fitting(t.src_len, t.tgt_len)]
+
     def translate(self, sources: list[str], beam: int = 0) -> list[str]:
         """Source sentences -> English strings."""
         e = self.cfg.eval
@@ -46,8 +58,8 @@ class Model:
         batches = ((b, len(refs)) for b, refs in
                    eval_batches(self.corpus, pairs, e.batch_size, self.cfg.train.src_len, 2))
         out = []
-        for ids in translate_batches(self.params, self.mc, batches, max_len=e.max_len, beam=beam,
-                                     alpha=e.length_penalty):
+        for ids in translate_batches(self.params, self.mc, batches, max_len=self.max_len,
+                                     beam=beam, alpha=e.length_penalty):
             out += [self.corpus.tgt_spm.decode(x) for x in ids]
         return out
 
@@ -75,10 +87,10 @@ def _plan(model: Model) -> tuple[dict, dict]:
     for lang in c.languages:
         n = c.counts(lang)["test"]
         if n >= e.min_test_pairs:
-            scored[lang] = c.pairs("test", lang)[:e.max_sentences]
+            scored[lang] = model.in_range(c.pairs("test", lang))[:e.max_sentences]
         elif n >= e.pool_min_pairs:
-            pooled[lang] = c.pairs("test", lang)[:e.pool_max_sentences]
-    return scored, pooled
+            pooled[lang] = model.in_range(c.pairs("test", lang))[:e.pool_max_sentences]
+    return {k: v for k, v in scored.items() if v}, {k: v for k, v in pooled.items() if v}
 
 
 def _decode_all(model: Model, sets: dict, beam: int) -> dict:
@@ -129,7 +141,13 @@ def evaluate(workdir, overrides=(), log=print) -> dict:
         members = [lang for lang in sets if c.tier(lang) == t]
         if members:
             tiers[t] = {"languages": members, **_entry(_scores(hyps, refs, members), head)}
+    hm = [lang for lang in sets if c.tier(lang) in ("high", "mid")]
+    if hm:  # the headline: one corpus score over every high- and mid-resource test sentence
+        tiers["high+mid"] = {"languages": hm, **_entry(_scores(hyps, refs, hm), head)}
+    t = model.cfg.train
     out = {"step": model.step, "decoder": f"beam{e.beam_size}" if head == "beam" else "greedy",
+           "test_range": {"in_train_range": e.in_train_range, "src_len": t.src_len,
+                          "tgt_len": t.tgt_len, "max_len": model.max_len},
            "signatures": signatures(), "languages": langs, "tiers": tiers,
            "udhr": _udhr(model, list(scored), head), "examples": _examples(scored, hyps[head]),
            "seconds": round(time.perf_counter() - t0, 1)}
@@ -177,6 +195,17 @@ def format_table(ev: dict) -> str:
     u = ev["udhr"]
     lines.append(f"UDHR ({len(u['languages'])} langs, {u['n']} sents): BLEU {u['bleu']:.1f} "
                  f"chrF {u['chrf']:.1f}")
+    return "\n".join(lines)
+
+
+def format_examples(ev: dict, k: int = 6) -> str:
+    """A few real translations of the test set (source, reference, the model's output)."""
+    lines = []
+    for lang, exs in ev.get("examples", {}).items():
+        for x in exs:
+            lines += [f"[{lang}] src: {x['src']}", f"     ref: {x['ref']}", f"     hyp: {x['hyp']}"]
+            if len(lines) >= 3 * k:
+                return "\n".join(lines)
     return "\n".join(lines)
 
 

@@ -47,6 +47,8 @@ class TrainSection:
     batch_size: int = 16                   # global batch (sequences); split over the data axes
     src_len: int = 24
     tgt_len: int = 24
+    length_filter: bool = True             # train on pairs that fit src_len/tgt_len whole
+    languages: str = ""                    # comma-separated source languages; "" = all
     optimizer: str = "adam"                # adam | adafactor
     learning_rate: float = 3e-3            # adam peak lr; adafactor base_lr
     warmup_steps: int = 20
@@ -69,7 +71,7 @@ class TrainSection:
 class DataSection:
     dir: str = "data_cache"                    # prepared corpus (gshard data prepare)
     prepare: str = "quick"                 # what `gshard run` prepares: quick | full | none
-    max_pairs_per_lang: int = 2000
+    max_pairs_per_lang: int = 8000
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,8 @@ class EvalSection:
     beam_size: int = 4
     length_penalty: float = 0.6            # GNMT alpha for beam scores
     batch_size: int = 64
-    max_len: int = 32                      # decoded target length (pieces)
+    max_len: int = 0                       # decoded target length (pieces); 0 = train.tgt_len
+    in_train_range: bool = True            # test pairs that fit train.src_len/tgt_len only
     udhr_max_sentences: int = 50
 
 

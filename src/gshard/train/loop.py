@@ -141,12 +141,26 @@ class Trainer:
         self.mc = model_config(self.cfg, self.corpus, self.plan)
         self.optimizer = make_optimizer(self.cfg)
         self.batches = BatchIterator(self.corpus, t.batch_size, t.src_len, t.tgt_len,
-                                     temperature=t.temperature, seed=t.seed)
+                                     temperature=t.temperature, seed=t.seed,
+                                     length_filter=t.length_filter,
+                                     languages=_languages(t, self.corpus))
+        if self.main:
+            self._report_lengths()
         key = (self.mc, self.plan, _compile_key(self.cfg))
         if key not in _COMPILED:             # one partition + compile per process and config
             _COMPILED[key] = (self._partition_step(),
                               gshard.partition(partial(_dev_loss, self.mc), self.mesh))
         self.step_fn, self.dev_fn = _COMPILED[key]
+
+    def _report_lengths(self):
+        """WORKDIR/lengths.json: what the length filter kept (train pairs, piece lengths)."""
+        rep = self.batches.length_report()
+        (self.workdir / "lengths.json").write_text(json.dumps(rep, indent=1))
+        if self.cfg.train.length_filter:
+            self.log(f"length filter: {rep['kept']} of {rep['total']} train pairs fit "
+                     f"src_len={rep['src_len']}, tgt_len={rep['tgt_len']} ({rep['left_out']} left "
+                     f"out; pieces p50/p90/p99 src {rep['src_pieces_all']}, tgt "
+                     f"{rep['tgt_pieces_all']})")
 
     def _partition_step(self):
         """The partitioned train step: params and optimizer state donated; with
@@ -206,7 +220,8 @@ class Trainer:
         from gshard.data import BatchIterator
         t = self.cfg.train
         it = BatchIterator(self.corpus, t.batch_size, t.src_len, t.tgt_len,
-                           temperature=t.temperature, seed=10_000 + t.seed, split="dev")
+                           temperature=t.temperature, seed=10_000 + t.seed, split="dev",
+                           length_filter=t.length_filter, languages=_languages(t, self.corpus))
         tot = n = 0.0
         for i in range(t.dev_batches):
             ce, nt = self.dev_fn(params, model_batch(it.batch_at(i)))
@@ -274,6 +289,16 @@ class Trainer:
 
 
 _COMPILED: dict = {}
+
+
+def _languages(t, corpus) -> tuple | None:
+    """train.languages as a tuple (None = every language); unknown codes are an error."""
+    langs = tuple(x.strip() for x in t.languages.split(",") if x.strip())
+    bad = [x for x in langs if x not in corpus.languages]
+    if bad:
+        raise ValueError(f"train.languages: unknown language(s) {', '.join(bad)}; the corpus "
+                         f"has {', '.join(corpus.languages)}")
+    return langs or None
 
 
 def _compile_key(cfg: RunConfig):
