@@ -92,3 +92,14 @@ def test_a_wrong_partitioner_is_caught(monkeypatch):
     b.add("annotate", "gshard.mesh_split({0}, ('x', None))", [x], True)
     b.add("reduce", "jnp.sum({0}, axis=(0,))", [b.pool[-1]])
     assert run_case(b.program([b.pool[-1].name])).klass == "wrong"
+
+
+def test_campaign_command_counts_every_case(tmp_path):
+    import json
+
+    from gshard.cli.main import main
+    out = tmp_path / "fuzz.json"
+    assert main(["fuzz", "--cases", "2", "--seed", "5", "--jobs", "1", "--out",
+                 str(tmp_path / "failures"), "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert sum(rep["counts"].values()) == 2 and set(rep["counts"]) <= set(PASS)

@@ -328,6 +328,40 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _axis(ax, title: str, ylabel: str, xlabel: str = "devices"):
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title)
+
+
+def _plot_time(ax, rows, d):
+    comp = [r["compute_time_s"] for r in rows]
+    a2a = [r["alltoall_time_s"] for r in rows]
+    other = [r["step_time_s"] - c - a for r, c, a in zip(rows, comp, a2a)]
+    ax.stackplot(d, comp, a2a, other, labels=["compute", "all-to-all", "other collectives"])
+    _axis(ax, "step time", "step time (s)", "devices = experts")
+
+
+def _plot_share(ax, rows, d):
+    ax.plot(d, [100 * r["alltoall_share"] for r in rows], "o-", label="full step")
+    if rows[0].get("pair_time_s"):
+        ax.plot(d, [100 * r["pair_alltoall_share"] for r in rows], "s-", label="MoE+adjacent layer")
+    if 128 in d and 2048 in d:
+        ax.plot([128, 2048], [16, 36], "k--", label="paper")
+    _axis(ax, "AllToAll share", "AllToAll share of time (%)")
+
+
+def _plot_memory(ax, rows, d):
+    for key, lab in (("weight_bytes_per_device", "weights"),
+                     ("opt_state_bytes_per_device", "optimizer state"),
+                     ("activation_bytes_per_device", "activations"),
+                     ("peak_bytes_per_device", "peak")):
+        ax.plot(d, [_gib(r[key]) for r in rows], "o-", label=lab)
+    _axis(ax, "memory per device", "GiB per device")
+
+
 def plot(rows: list[dict], path: str, title: str = "") -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -335,36 +369,9 @@ def plot(rows: list[dict], path: str, title: str = "") -> None:
 
     d = [r["devices"] for r in rows]
     fig, ax = plt.subplots(1, 3, figsize=(14, 4))
-    comp = [r["compute_time_s"] for r in rows]
-    a2a = [r["alltoall_time_s"] for r in rows]
-    other = [r["step_time_s"] - c - a for r, c, a in zip(rows, comp, a2a)]
-    ax[0].stackplot(d, comp, a2a, other, labels=["compute", "all-to-all", "other collectives"])
-    ax[0].set_xscale("log", base=2)
-    ax[0].set_xlabel("devices = experts")
-    ax[0].set_ylabel("step time (s)")
-    ax[0].legend(loc="upper left", fontsize=8)
-    ax[0].set_title("step time")
-    ax[1].plot(d, [100 * r["alltoall_share"] for r in rows], "o-", label="full step")
-    if rows[0].get("pair_time_s"):
-        ax[1].plot(d, [100 * r["pair_alltoall_share"] for r in rows], "s-",
-                   label="MoE+adjacent layer")
-    if 128 in d and 2048 in d:
-        ax[1].plot([128, 2048], [16, 36], "k--", label="paper")
-    ax[1].set_xscale("log", base=2)
-    ax[1].set_ylabel("AllToAll share of time (%)")
-    ax[1].set_xlabel("devices")
-    ax[1].legend(fontsize=8)
-    ax[1].set_title("AllToAll share")
-    for key, lab in (("weight_bytes_per_device", "weights"),
-                     ("opt_state_bytes_per_device", "optimizer state"),
-                     ("activation_bytes_per_device", "activations"),
-                     ("peak_bytes_per_device", "peak")):
-        ax[2].plot(d, [_gib(r[key]) for r in rows], "o-", label=lab)
-    ax[2].set_xscale("log", base=2)
-    ax[2].set_ylabel("GiB per device")
-    ax[2].set_xlabel("devices")
-    ax[2].legend(fontsize=8)
-    ax[2].set_title("memory per device")
+    _plot_time(ax[0], rows, d)
+    _plot_share(ax[1], rows, d)
+    _plot_memory(ax[2], rows, d)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -154,23 +154,26 @@ def add_parser(sub):
     p.set_defaults(func=run)
 
 
+def _problem(args, mesh):
+    """(function, its example args, argument names) from MODULE:FUNCTION or --preset."""
+    if args.preset:
+        if args.target:
+            raise SpecError("give MODULE:FUNCTION or --preset, not both")
+        return preset_problem(args.preset, mesh)
+    if not args.target:
+        raise SpecError("give MODULE:FUNCTION (or --preset NAME)")
+    fn = load_function(args.target)
+    fargs = parse_args_spec(args.args)
+    return fn, fargs, _arg_names(fn, fargs)
+
+
 def run(args) -> int:
     import gshard
-    from gshard import picture
     from gshard.explain import explain
 
     try:
         mesh = build_mesh(args.mesh)
-        if args.preset:
-            if args.target:
-                raise SpecError("give MODULE:FUNCTION or --preset, not both")
-            fn, fargs, names = preset_problem(args.preset, mesh)
-        else:
-            if not args.target:
-                raise SpecError("give MODULE:FUNCTION (or --preset NAME)")
-            fn = load_function(args.target)
-            fargs = parse_args_spec(args.args)
-            names = _arg_names(fn, fargs)
+        fn, fargs, names = _problem(args, mesh)
     except (SpecError, ImportError, AttributeError, ValueError) as e:
         print(f"gshard explain: error: {e}", file=sys.stderr)
         return 2
@@ -178,6 +181,12 @@ def run(args) -> int:
     kind = "abstract (shapes only)" if low.mesh.is_abstract else "real devices"
     print(f"# {args.preset or args.target} on mesh {args.mesh} [{kind}]")
     print(explain(low, values=not args.no_values, arg_names=names))
+    return _pictures(args, low, names)
+
+
+def _pictures(args, low, names) -> int:
+    """The --show text grids and the --png file."""
+    from gshard import picture
     items = []
     for key in args.show:
         try:

@@ -122,19 +122,9 @@ def campaign(cases: int, seed: int, jobs: int = 1, out_dir: str = "fuzz-failures
                 workers[slot].submit(seed, i, shrink)
                 busy[slot] = (i, time.time())
         for slot in list(busy):
-            i, started = busy[slot]
-            res = _poll(workers[slot])
-            if res is None and time.time() - started > timeout:
-                workers[slot].kill()
-                workers[slot] = None
-                res = {"class": "hang", "detail": f"no answer in {timeout:.0f} s", "mode": "?",
-                       "families": [], "index": i}
-            if res is False:  # the worker died
-                workers[slot] = None
-                res = {"class": "crash", "detail": "worker process died", "mode": "?",
-                       "families": [], "index": i}
+            res = _collect(workers, slot, busy[slot], timeout)
             if res:
-                busy.pop(slot)
+                i = busy.pop(slot)[0]
                 rep.add(i, res)
                 _save(rep, res, seed, out_dir)
                 done += 1
@@ -148,6 +138,23 @@ def campaign(cases: int, seed: int, jobs: int = 1, out_dir: str = "fuzz-failures
             w.kill()
     rep.seconds = time.time() - t0
     return rep
+
+
+def _collect(workers: list, slot: int, job: tuple, timeout: float):
+    """The answer of the case running in `slot` (None while it runs); a worker past the
+    watchdog is killed (a hang), one that died is a crash; either slot gets a fresh worker."""
+    i, started = job
+    res = _poll(workers[slot])
+    if res is None and time.time() - started > timeout:
+        workers[slot].kill()
+        workers[slot] = None
+        return {"class": "hang", "detail": f"no answer in {timeout:.0f} s", "mode": "?",
+                "families": [], "index": i}
+    if res is False:
+        workers[slot] = None
+        return {"class": "crash", "detail": "worker process died", "mode": "?",
+                "families": [], "index": i}
+    return res
 
 
 def _poll(w):
