@@ -101,6 +101,17 @@ def summarise(out: Path) -> str:
         lines.append(f"| {name} | {len(rs)} | {rs[0]['steps']} | "
                      + " | ".join(f"{m:.3f} ± {s:.3f}" if i == 0 else f"{m:.2f} ± {s:.2f}"
                                   for i, (m, s) in enumerate(cols)) + " |")
+    lines += ["", "Paired by seed (same batches, same dev batches; dev batches differ between seeds):", "",
+              "| comparison | Δ dev loss per seed | mean Δ dev loss | Δ chrF per seed | mean Δ chrF |",
+              "|---|---|---:|---|---:|"]
+    for a, b in (("moe8", "dense"), ("moe32", "moe8"), ("moe32", "dense")):
+        pairs = _paired(by, a, b)
+        if pairs:
+            dl = [x["dev_loss"] - y["dev_loss"] for x, y in pairs]
+            dc = [x["high_mid"]["chrf"] - y["high_mid"]["chrf"] for x, y in pairs]
+            lines.append(f"| {a} − {b} | {', '.join(f'{v:+.3f}' for v in dl)} | "
+                         f"{sum(dl) / len(dl):+.3f} | {', '.join(f'{v:+.2f}' for v in dc)} | "
+                         f"{sum(dc) / len(dc):+.2f} |")
     lines += ["", "| language | multilingual moe8 chrF | bilingual chrF | multilingual BLEU | "
               "bilingual BLEU |", "|---|---:|---:|---:|---:|"]
     for lang in LOW:
@@ -112,6 +123,11 @@ def summarise(out: Path) -> str:
                          f"{f(bi, 'bleu')} |")
     _plot(by, out / "claims.png")
     return "\n".join(lines)
+
+
+def _paired(by: dict, a: str, b: str) -> list:
+    seeds = {r["seed"]: r for r in by.get(b, [])}
+    return [(r, seeds[r["seed"]]) for r in by.get(a, []) if r["seed"] in seeds]
 
 
 def _plot(by: dict, path: Path):
