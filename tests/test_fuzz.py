@@ -18,7 +18,7 @@ PASS = ("ok", "refused", "xla_reference", "unstable", "invalid", "tie")
 
 
 @pytest.mark.parametrize("mesh", list(MESHES))
-@settings(max_examples=12, deadline=None, derandomize=True, print_blob=True,
+@settings(max_examples=8, deadline=None, derandomize=True, print_blob=True,
           phases=(Phase.explicit, Phase.reuse, Phase.generate),  # failures print their script
           suppress_health_check=list(HealthCheck))
 @given(data=st.data())
