@@ -39,15 +39,9 @@ def reference_run(tmp_path_factory):
     return w
 
 
-# CI packing on 2 workers: the tests that share `reference_run` run on one worker (it is built
-# once), and the long files start first so that no worker idles at the end.
-LONG_FIRST = ("test_train_scale.py", "test_third_party.py", "test_train_cli.py", "test_fuzz.py",
-              "test_scaling.py", "test_eval.py", "test_train_partitioned.py", "test_multihost.py")
-
-
+# The tests that share `reference_run` carry one xdist group (one worker builds it under
+# `--dist loadgroup`; a marker only under the default scheduling).
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "reference_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("reference_run"))
-    rank = {name: i for i, name in enumerate(LONG_FIRST)}
-    items.sort(key=lambda it: rank.get(it.path.name, len(LONG_FIRST)))
