@@ -38,10 +38,11 @@ class Encoded:
     def fitting(self, src_len: int, tgt_len: int) -> np.ndarray:
         """Indices of the examples that fit [src_len] (pieces + EOS) and [tgt_len] (BOS or EOS
         + pieces) whole: the length filter (no example is truncated)."""
-        ls, lt = np.diff(self.src_off), np.diff(self.tgt_off)
+        ls, lt = self.lengths()
         return np.flatnonzero((ls <= src_len - 1) & (lt <= tgt_len - 1))
 
     def lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pieces per example: (source, target)."""
         return np.diff(self.src_off), np.diff(self.tgt_off)
 
     def example(self, i: int) -> tuple[np.ndarray, np.ndarray]:
