@@ -13,6 +13,9 @@ def add_parser(sub):
     p.add_argument("--out", default="fuzz-failures", help="directory for shrunk failing scripts")
     p.add_argument("--no-shrink", action="store_true", help="write failures unshrunk")
     p.add_argument("--json", help="also write the counts to this JSON file")
+    p.add_argument("--only", metavar="FAMILY",
+                   help="run only the cases with an op of this family (e.g. conv), to replay")
+    p.add_argument("--record", metavar="FILE", help="append one JSON line per finished case")
     p.set_defaults(func=run)
 
 
@@ -22,7 +25,7 @@ def run(args) -> int:
     from gshard.testing.fuzz.campaign import FAILURES, campaign
 
     rep = campaign(args.cases, args.seed, args.jobs, args.out, args.timeout, not args.no_shrink,
-                   args.start)
+                   args.start, only=args.only, record=args.record)
     print(rep.summary())
     if args.json:
         with open(args.json, "w") as f:

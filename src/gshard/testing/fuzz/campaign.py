@@ -108,9 +108,13 @@ class Worker:
 
 
 def campaign(cases: int, seed: int, jobs: int = 1, out_dir: str = "fuzz-failures",
-             timeout: float = 300.0, shrink: bool = True, start: int = 0, log=print) -> Report:
+             timeout: float = 300.0, shrink: bool = True, start: int = 0, log=print,
+             only: str | None = None, record: str | None = None) -> Report:
+    """Cases start..start+cases of `seed` (those with an op of family `only`, if given); one
+    JSON line per finished case appended to `record`."""
     rep, t0 = Report(), time.time()
-    todo = list(range(start, start + cases))
+    todo = _indices(seed, start, cases, only)
+    cases = len(todo)
     workers: list = [None] * jobs
     busy: dict = {}  # slot -> (index, started)
     done = 0
@@ -127,6 +131,7 @@ def campaign(cases: int, seed: int, jobs: int = 1, out_dir: str = "fuzz-failures
                 i = busy.pop(slot)[0]
                 rep.add(i, res)
                 _save(rep, res, seed, out_dir)
+                _record(record, seed, i, res)
                 done += 1
                 if res["class"] in FAILURES:
                     log(f"case {i}: {res['class']}: {res['detail'][:600]}", flush=True)
@@ -138,6 +143,20 @@ def campaign(cases: int, seed: int, jobs: int = 1, out_dir: str = "fuzz-failures
             w.kill()
     rep.seconds = time.time() - t0
     return rep
+
+
+def _indices(seed: int, start: int, cases: int, only: str | None) -> list:
+    if only is None:
+        return list(range(start, start + cases))
+    from .gen import random_program
+    return [i for i in range(start, start + cases) if only in random_program(seed, i).families()]
+
+
+def _record(path: str | None, seed: int, index: int, res: dict):
+    if path:
+        keep = {k: res.get(k) for k in ("class", "mode", "mesh", "families")}
+        with open(path, "a") as f:
+            f.write(json.dumps({"seed": seed, "index": index, **keep}) + "\n")
 
 
 def _collect(workers: list, slot: int, job: tuple, timeout: float):
