@@ -10,14 +10,9 @@ Batch and output-feature splits are local; an input-feature split on both sides 
 """
 from __future__ import annotations
 
-import functools
-import itertools
-import math
 from dataclasses import dataclass
 
-import jax
 import jax.numpy as jnp
-from jax import lax
 from jax.extend.core import primitives as P
 
 from ..registry import rule
@@ -162,7 +157,7 @@ def part_conv(ctx, eqn, ins, targets):
     want, modes, (lspec, rspec, ospec) = _choose(ctx, eqn, d, lhs, rhs, targets[0])
     lhs = ctx.masked(ctx.reshard(lhs, lspec, "conv input"), [d.lhs[1]], 0)
     rhs = ctx.masked(ctx.reshard(rhs, rspec, "conv kernel"), [d.rhs[1]] + list(d.rhs[2:]), 0)
-    x, padding, edges = lhs.val, list(p["padding"]), []
+    x, padding = lhs.val, list(p["padding"])
     for k, (mode, axes) in enumerate(modes):
         if mode == "whole":
             continue
@@ -171,8 +166,7 @@ def part_conv(ctx, eqn, ins, targets):
         if y is None:
             return _fallback(ctx, eqn, ins, targets)
         x, padding[k] = y, (0, 0)
-        edges.append(_edge(eqn, d, k, mode, axes, rhs, ctx, *win))
-    val = _local_conv(ctx, eqn, d, x, rhs.val, padding, edges)
+    val = eqn.prim.bind(x, rhs.val, **dict(p, padding=tuple(padding)))
     out = Local(val, ospec.with_partial(ctx.new_partial(ospec.partial)), eqn.outputs[0].shape)
     return [out] if ospec.partial else [ctx.reshard(out, targets[0], "conv result")]
 
@@ -188,84 +182,6 @@ def _window_args(eqn, d, k, mode, axes, lhs, rhs, target, ctx):
     Lg = rhs.val.shape[d.rhs[2 + k]]
     out = eqn.outputs[0].shape[d.out[2 + k]]
     return n, Lg * rd, -pl, (out - 1) * s + (Lg - 1) * rd + 1
-
-
-# ----- the local convolution: image padding stays the convolution's own -------------------------
-MAX_BRANCHES = 27  # distinct per-device edge layouts compiled as branches; more: zeros materialized
-
-
-@dataclass(frozen=True)
-class Edge:
-    """A split spatial dim k whose windows were materialized: per device (lo, keep, hi, rows):
-    the window's first `lo` and last `hi` positions lie outside the image, `keep` inside; `rows`
-    of the kernel operand are real (None: all)."""
-    k: int
-    lhs_dim: int
-    rhs_dim: int
-    axes: tuple
-    layouts: tuple
-
-    def distinct(self) -> list:
-        return sorted(set(self.layouts))
-
-
-def _edge(eqn, d: Dims, k, mode, axes, rhs: Local, ctx, n, step, a0, width) -> Edge:
-    t, p = halo.tiles(ctx, axes), eqn.params
-    layouts = []
-    for i in range(t):
-        rows, w = None, width
-        if mode == "window":  # the kernel gradient: device i holds `rows` real kernel rows
-            Lg = rhs.val.shape[d.rhs[2 + k]]
-            rows = max(0, min(Lg, rhs.shape[d.rhs[2 + k]] - i * Lg))
-            w = (eqn.outputs[0].shape[d.out[2 + k]] - 1) * p["window_strides"][k] + \
-                (rows - 1) * p["rhs_dilation"][k] + 1 if rows else 0
-        start = i * step + a0
-        lo = min(max(0, -start), w)
-        keep = max(0, min(start + w, n) - max(start, 0))
-        layouts.append((lo, keep, w - lo - keep, rows))
-    return Edge(k, d.lhs[2 + k], d.rhs[2 + k], tuple(axes), tuple(layouts))
-
-
-def _local_conv(ctx, eqn, d: Dims, x, w, padding, edges):
-    """The per-device convolution. Positions outside the image are left out and given back as the
-    convolution's own padding (per device: first, interior and last shards differ), so a NaN or
-    inf in the other operand meets no materialized zero, as in XLA's unpartitioned convolution."""
-    p = dict(eqn.params, padding=tuple(padding))
-    choices = [e.distinct() for e in edges]
-    n_branches = math.prod(len(c) for c in choices)
-    if n_branches > MAX_BRANCHES:
-        return eqn.prim.bind(x, w, **p)
-    out = jax.eval_shape(lambda a, b: eqn.prim.bind(a, b, **p), x, w)
-    combos = list(itertools.product(*choices))
-    branches = [functools.partial(_branch, eqn.prim, p, edges, combo, out) for combo in combos]
-    if len(branches) == 1:
-        return branches[0](x, w)
-    index = 0
-    for e, c in zip(edges, choices):
-        index = index * len(c) + _piecewise(ctx.shard_index(e.axes), [c.index(v) for v in e.layouts])
-    return lax.switch(index, branches, x, w)
-
-
-def _piecewise(i, values: list):
-    """values[i] for the traced device index i, from comparisons at the few places the value
-    changes (no table in the per-device program, whose size would grow with the device count)."""
-    out = values[0]
-    for j in range(1, len(values)):
-        if values[j] != values[j - 1]:
-            out = out + (i >= j).astype(jnp.int32) * (values[j] - values[j - 1])
-    return jnp.asarray(out, jnp.int32)
-
-
-def _branch(prim, params, edges, combo, out, x, w):
-    padding = list(params["padding"])
-    for e, (lo, keep, hi, rows) in zip(edges, combo):
-        if keep == 0 or rows == 0:  # the window lies outside the image: nothing to add
-            return jnp.zeros(out.shape, out.dtype)
-        x = lax.slice_in_dim(x, lo, lo + keep, axis=e.lhs_dim)
-        if rows is not None:
-            w = lax.slice_in_dim(w, 0, rows, axis=e.rhs_dim)
-        padding[e.k] = (lo, hi)
-    return prim.bind(x, w, **dict(params, padding=tuple(padding)))
 
 
 def _fallback(ctx, eqn, ins, targets):
