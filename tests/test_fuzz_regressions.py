@@ -238,3 +238,50 @@ def test_padded_tiles_pass_through_elementwise_math():
     pf = gshard.partition(f, mesh)
     np.testing.assert_allclose(np.asarray(pf(*args)), np.asarray(jax.jit(f)(*args)), rtol=1e-6)
     assert not pf.lower(*args).collectives
+
+
+# ----- NaN/inf against a convolution's image padding (seed 2027 case 109) ------------------------
+def test_fuzz_case_2027_109_is_xla_padding_semantics():
+    """A conv kernel gradient whose cotangent holds NaN (take mode='fill') over a spatially split
+    image: gshard's halo windows pad with zeros, so taps that meet only padding are 0 * NaN = NaN,
+    exactly the explicitly padded convolution; XLA:CPU skips the padding for this small shape."""
+    from gshard.testing.fuzz.check import run_case
+    from gshard.testing.fuzz.gen import random_program
+    out = run_case(random_program(2027, 109))
+    assert out.klass == "xla_reference" and "padded explicitly" in out.detail, out
+
+
+def test_explicit_padding_is_the_same_function():
+    """The fuzzer's second reference: pads and input dilation by lax.pad, VALID convolutions;
+    equal to the original on finite inputs, gradients (lhs-dilated convs) included."""
+    from gshard.testing.fuzz.check import explicit_padding
+    x = rng.normal(size=(2, 3, 11)).astype(np.float32)
+    k = rng.normal(size=(4, 3, 3)).astype(np.float32)
+
+    def loss(x, k):
+        y = lax.conv_general_dilated(x, k, (2,), ((3, 1),), rhs_dilation=(2,),
+                                     dimension_numbers=("NCH", "OIH", "NCH"))
+        return jnp.sum(jnp.sin(y))
+    g = jax.value_and_grad(loss, argnums=(0, 1))
+    assert "lhs_dilation=(2,)" in str(jax.make_jaxpr(g)(x, k))  # the input gradient dilates
+    assert_close(jax.jit(explicit_padding(g))(x, k), jax.jit(g)(x, k))
+
+
+@pytest.mark.parametrize("mesh_shape", [(8,), (2, 4)])
+def test_forward_conv_with_inf_kernel_spatially_split(mesh_shape):
+    """An inf kernel tap over a split, padded image: 0 * inf = NaN at the edge outputs whose
+    window meets the padding at that tap, as unpartitioned."""
+    axes = ("a", "b")[:len(mesh_shape)]
+    mesh = jax.make_mesh(mesh_shape, axes)
+    x = rng.normal(size=(2, 3, 13)).astype(np.float32)
+    k = rng.normal(size=(4, 3, 3)).astype(np.float32)
+    k[1, 2, 0] = np.inf
+
+    def f(x, k):
+        x = gshard.mesh_split(x, (None, None, axes))
+        return lax.conv_general_dilated(x, k, (2,), ((3, 2),), rhs_dilation=(2,),
+                                        dimension_numbers=("NCH", "OIH", "NCH"))
+    got, ref = gshard.partition(f, mesh)(x, k), jax.jit(f)(x, k)
+    assert np.isnan(np.asarray(ref)).any() and np.isfinite(np.asarray(ref)).any()
+    assert_close(got, ref)
+    assert "collective_permute" in _kinds(gshard.partition(f, mesh).lower(x, k))
