@@ -65,3 +65,41 @@ def test_all_gather_reduce_scatter_permute_pmax():
     assert by["reduce_scatter"].bytes == 4 * 8 * 8 * 4
     assert by["collective_permute"].group_size == 2
     assert [c.group_size for c in r.collectives if c.kind == "all_reduce"] == [8]
+
+
+# ----- XLA's all-reduce combiner, modelled --------------------------------------------------------
+def _sums(independent: bool):
+    def f(x):
+        outs, y = [], x
+        for k in range(6):
+            s = jax.lax.psum(jnp.sum(y * (k + 1.0)), "model")   # [] partial -> sum over model
+            y = x * s if not independent else y
+            outs.append(s)
+        outs.append(jax.lax.psum(jnp.sum(x), "data"))          # other devices: its own group
+        return jnp.stack(outs)
+    return f
+
+
+@pytest.mark.parametrize("independent, groups", [(True, 2), (False, 7)])
+def test_independent_allreduces_are_priced_combined(independent, groups):
+    inner = _per_device(_sums(independent), (P("data", "model"),), P(), (16, 32))
+    merged = estimate(inner, None, SIZES, TPU_V3)
+    alone = estimate(inner, None, SIZES, TPU_V3, combine=False)
+    assert len(alone.collectives) == 7 and len(merged.collectives) == groups
+    assert sum(c.bytes for c in merged.collectives) == sum(c.bytes for c in alone.collectives)
+    assert sum(c.combined for c in merged.collectives) == 7
+    faster = merged.collective_time_s["all_reduce"] < alone.collective_time_s["all_reduce"]
+    assert faster == independent
+
+
+@pytest.mark.parametrize("independent", [True, False])
+def test_combined_count_is_what_xla_compiles(independent):
+    """The model's AllReduce count against the compiled HLO of the same shard_map program."""
+    from gshard.testing.xla import hlo_collectives
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    sm = jax.jit(jax.shard_map(_sums(independent), mesh=mesh, in_specs=(P("data", "model"),),
+                               out_specs=P(), check_vma=False))
+    x = jnp.ones((16, 32))
+    compiled = [c for c in hlo_collectives(sm.lower(x).compile().as_text()) if c.kind == "all_reduce"]
+    inner = _per_device(_sums(independent), (P("data", "model"),), P(), (16, 32))
+    assert len(estimate(inner, None, SIZES, TPU_V3).collectives) == len(compiled)

@@ -187,7 +187,8 @@ def price(ls: LoweredStep, s: SimSettings):
 _ADD = ("step_time_s", "compute_time_s", "alltoall_time_s", "allreduce_time_s",
         "other_collective_time_s", "flops_per_device", "weight_bytes_per_device",
         "weight_bytes_replicated", "weight_bytes_distributed", "opt_state_bytes_per_device",
-        "activation_bytes_per_device", "peak_bytes_per_device", "num_collectives")
+        "activation_bytes_per_device", "peak_bytes_per_device", "num_collectives",
+        "num_collectives_combined")
 
 
 def _numbers(r, low) -> dict:
@@ -201,7 +202,8 @@ def _numbers(r, low) -> dict:
             "weight_bytes_distributed": r.weight_bytes_distributed,
             "opt_state_bytes_per_device": r.opt_state_bytes,
             "activation_bytes_per_device": r.activation_bytes,
-            "peak_bytes_per_device": r.peak_bytes, "num_collectives": len(low.collectives)}
+            "peak_bytes_per_device": r.peak_bytes, "num_collectives": len(low.collectives),
+            "num_collectives_combined": len(r.collectives)}
 
 
 def simulate_point(devices: int, s: SimSettings) -> dict:
@@ -243,6 +245,7 @@ def _finish(row: dict) -> dict:
     if row.get("pair_time_s"):
         row["pair_alltoall_share"] = row["pair_alltoall_time_s"] / row["pair_time_s"]
     row["num_collectives"] = int(row["num_collectives"])
+    row["num_collectives_combined"] = int(row["num_collectives_combined"])
     return row
 
 

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from .collective_time import KINDS, collective_time, group_size
+from .combine import combine_groups
 from .flops import EqnCost, eqn_costs, roofline_time
 from .hardware import get_hardware
 from .memory import memory_report
@@ -26,6 +27,7 @@ class CollectiveCost:
     count: float        # executions (scan length etc.)
     time_s: float       # total over ``count``
     source: str = ""
+    combined: int = 1   # AllReduces XLA's combiner merges into this one
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,40 @@ def _collectives_from_records(records, axis_sizes, hw) -> list[CollectiveCost]:
     return out
 
 
+def _combined(colls, costs, jaxpr, axis_sizes, hw) -> list[CollectiveCost]:
+    """`colls` (one per collective equation, in `costs` order) with the AllReduces XLA's
+    combiner merges replaced by one each; unchanged if the two lists do not line up."""
+    eqns = [c for c in costs if c.collective is not None]
+    if len(eqns) != len(colls) or any(e.collective != c.kind for e, c in zip(eqns, colls)):
+        return list(colls)
+    groups = combine_groups(jaxpr)
+    merged: dict = {}
+    out: list = []
+    for e, c in zip(eqns, colls):
+        g = groups.get(e.path)
+        if g is None:
+            out.append(c)
+        elif g in merged:
+            merged[g].append(c)
+        else:
+            merged[g] = [c]
+            out.append(g)
+    return [_merge(x if isinstance(x, CollectiveCost) else merged[x], axis_sizes, hw)
+            for x in out]
+
+
+def _merge(group, axis_sizes, hw) -> CollectiveCost:
+    if isinstance(group, CollectiveCost):
+        return group
+    if len(group) == 1:
+        return group[0]
+    nbytes, axes = sum(c.bytes for c in group), group[0].axes
+    return CollectiveCost("all_reduce", axes, nbytes, group[0].group_size, 1.0,
+                          collective_time("all_reduce", nbytes, axes, axis_sizes, hw),
+                          f"{len(group)} AllReduces combined (first: {group[0].source})",
+                          len(group))
+
+
 def _by_kind(colls) -> dict:
     by_kind = {k: 0.0 for k in KINDS}
     for c in colls:
@@ -115,7 +151,7 @@ def _by_kind(colls) -> dict:
 
 def estimate(per_device_jaxpr, collectives=None, axis_sizes=None, hardware="tpu-v3", *,
              input_roles=None, input_replicated=None, overlap: bool = False,
-             fuse: bool = True, while_trips: int = 1) -> CostReport:
+             fuse: bool = True, while_trips: int = 1, combine: bool = True) -> CostReport:
     """Estimate one execution of ``per_device_jaxpr`` (local shapes) on ``hardware``.
 
     ``collectives``: records with ``.kind/.axes/.bytes/.source`` (``low.collectives``); when
@@ -125,6 +161,8 @@ def estimate(per_device_jaxpr, collectives=None, axis_sizes=None, hardware="tpu-
     name ("cpu" is calibrated with the mesh's device count sharing this host).
     ``input_roles`` / ``input_replicated``: see :func:`gshard.cost.memory.memory_report`.
     ``fuse`` / ``while_trips``: see :func:`gshard.cost.flops.eqn_costs`.
+    ``combine``: price independent AllReduces as XLA's combiner runs them, merged
+    (:mod:`gshard.cost.combine`); False: one latency per recorded AllReduce.
     """
     axis_sizes = dict(axis_sizes or {})
     hw = get_hardware(hardware, num_devices=max(1, math.prod(axis_sizes.values())))
@@ -134,6 +172,8 @@ def estimate(per_device_jaxpr, collectives=None, axis_sizes=None, hardware="tpu-
         colls = _collectives_from_eqns(costs, axis_sizes, hw)
     else:
         colls = _collectives_from_records(collectives, axis_sizes, hw)
+    if combine:
+        colls = _combined(colls, costs, per_device_jaxpr, axis_sizes, hw)
     by_kind = _by_kind(colls)
     compute = sum(t.time_s for t in times)
     comm = sum(by_kind.values())
