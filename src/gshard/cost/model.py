@@ -115,24 +115,13 @@ def _combined(colls, costs, jaxpr, axis_sizes, hw) -> list[CollectiveCost]:
     if len(eqns) != len(colls) or any(e.collective != c.kind for e, c in zip(eqns, colls)):
         return list(colls)
     groups = combine_groups(jaxpr)
-    merged: dict = {}
-    out: list = []
-    for e, c in zip(eqns, colls):
-        g = groups.get(e.path)
-        if g is None:
-            out.append(c)
-        elif g in merged:
-            merged[g].append(c)
-        else:
-            merged[g] = [c]
-            out.append(g)
-    return [_merge(x if isinstance(x, CollectiveCost) else merged[x], axis_sizes, hw)
-            for x in out]
+    members: dict = {}   # group (or a collective left alone) -> its collectives, program order
+    for i, (e, c) in enumerate(zip(eqns, colls)):
+        members.setdefault(groups.get(e.path, ("alone", i)), []).append(c)
+    return [_merge(group, axis_sizes, hw) for group in members.values()]
 
 
-def _merge(group, axis_sizes, hw) -> CollectiveCost:
-    if isinstance(group, CollectiveCost):
-        return group
+def _merge(group: list, axis_sizes, hw) -> CollectiveCost:
     if len(group) == 1:
         return group[0]
     nbytes, axes = sum(c.bytes for c in group), group[0].axes
