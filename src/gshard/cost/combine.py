@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from jax.extend.core import Literal
 
-from .flops import COLLECTIVES, _axes, _param_jaxprs, var_bytes
+from .flops import COLLECTIVES, _as_jaxpr, _axes, _param_jaxprs, var_bytes
 
 THRESHOLD_BYTES = 30 * 2**20  # XLA's GPU default (xla_gpu_all_reduce_combine_threshold_bytes)
 OPAQUE = ("scan", "while", "cond")
@@ -44,7 +44,7 @@ def _deps(jaxpr, prefix: str, in_masks: list, found: dict) -> list:
 def combine_groups(jaxpr, threshold: float = THRESHOLD_BYTES) -> dict:
     """path of each combinable AllReduce -> its group number (groups of one included)."""
     found: dict = {}
-    _deps(jaxpr.jaxpr if hasattr(jaxpr, "jaxpr") else jaxpr, "", [], found)
+    _deps(_as_jaxpr(jaxpr), "", [], found)
     open_: dict = {}   # key -> [group, members mask, bytes]
     groups, n = {}, 0
     for path, (mask, bit, key, nbytes) in found.items():
