@@ -74,6 +74,25 @@ def test_beam_of_one_is_greedy_and_beams_are_well_formed():
     assert b.shape == (3, 6) and all(len(x) <= 6 for x in strip(b))
 
 
+def test_decoding_stops_early_with_the_same_result():
+    """Rows that emitted EOS only append PAD: stopping once every row (beam) is done gives the
+    output of the full max_len loop. The EOS row of the tied table is scaled up so that rows
+    finish at different steps."""
+    from gshard.data.vocab import EOS_ID
+    mc = decoding_config(get_preset("tiny", num_experts=4))
+    params = init_params(mc, jax.random.PRNGKey(2))
+    table = params["embed"]["src"]
+    params["embed"]["src"] = table.at[EOS_ID].multiply(8.0)
+    src = np.random.default_rng(1).integers(4, mc.vocab_size, (8, 7)).astype(np.int32)
+    pad = np.zeros((8, 7), np.float32)
+    for dec in (lambda **k: greedy(params, mc, src, pad, 12, **k),
+                lambda **k: beam_search(params, mc, src, pad, 12, beam=3, **k)):
+        fast, full = np.asarray(dec()), np.asarray(dec(early_stop=False))
+        np.testing.assert_array_equal(fast, full)
+        lengths = [len(x) for x in strip(fast)]
+        assert max(lengths) < 12 and len(set(lengths)) > 1, lengths   # stopped early, unevenly
+
+
 def test_eval_writes_scores_per_language_tier_and_udhr(trained, capsys):
     assert main(["eval", "--workdir", str(trained), *EVAL]) == 0
     out = capsys.readouterr().out

@@ -144,6 +144,20 @@ def test_cross_entropy_and_schedule():
     assert float(sched(0)) == pytest.approx(0.1) and float(sched(399)) == pytest.approx(0.05)
 
 
+@pytest.mark.parametrize("kind", ["constant", "linear", "cosine", "rsqrt"])
+def test_adam_learning_rate_schedules(kind):
+    from gshard.train.step import lr_schedule
+    f = lr_schedule(2e-3, 100, kind=kind, decay_steps=1000, final_fraction=0.1)
+    assert float(f(0)) == 0.0 and float(f(50)) == pytest.approx(1e-3)
+    assert float(f(100)) == pytest.approx(2e-3)
+    end = {"constant": 2e-3, "linear": 2e-4, "cosine": 2e-4, "rsqrt": 2e-3 * np.sqrt(0.1)}[kind]
+    assert float(f(1000)) == pytest.approx(end, rel=1e-4)
+    if kind in ("linear", "cosine"):   # held at the final value after decay_steps
+        assert float(f(5000)) == pytest.approx(2e-4, rel=1e-4)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        lr_schedule(1e-3, kind="cos")
+
+
 def _train(cfg, opt, steps, **kw):
     params = _init(cfg)
     state = opt.init(params)

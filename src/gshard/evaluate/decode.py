@@ -38,8 +38,8 @@ def _step_logp(params, mc, enc, src_pad, buf, t):
     return jax.nn.log_softmax(row.astype(jnp.float32), axis=-1)
 
 
-@partial(jax.jit, static_argnames=("mc", "max_len"))
-def greedy(params, mc, src, src_pad, max_len: int):
+@partial(jax.jit, static_argnames=("mc", "max_len", "early_stop"))
+def greedy(params, mc, src, src_pad, max_len: int, early_stop: bool = True):
     """src [B, Ls] -> token ids [B, max_len] (EOS then PAD after the end)."""
     B = src.shape[0]
     enc, _ = _encode(params, mc, src, src_pad, deterministic=True)
@@ -52,8 +52,20 @@ def greedy(params, mc, src, src_pad, max_len: int):
         nxt = jnp.where(done, PAD_ID, nxt)
         return buf.at[:, t + 1].set(nxt), done | (nxt == EOS_ID)
 
-    buf, _ = jax.lax.fori_loop(0, max_len, body, (buf, done))
+    buf, _ = _until_done(body, max_len, (buf, done), lambda c: c[1], early_stop)
     return buf[:, 1:]
+
+
+def _until_done(body, max_len: int, carry, done_of, early_stop: bool = True):
+    """fori_loop(0, max_len, body, carry) that stops once every row is done: a finished row
+    only appends PAD (and a finished beam keeps its score and rank), so the rest of the loop
+    would not change the result (early_stop=False runs all max_len steps; tested equal)."""
+    def cond(tc):
+        t, c = tc
+        return (t < max_len) & ~(early_stop & jnp.all(done_of(c)))
+
+    _, carry = jax.lax.while_loop(cond, lambda tc: (tc[0] + 1, body(tc[0], tc[1])), (0, carry))
+    return carry
 
 
 def _beam_logp(logp, done):
@@ -67,8 +79,9 @@ def _penalty(length, alpha: float):
     return ((5.0 + length) / 6.0) ** alpha
 
 
-@partial(jax.jit, static_argnames=("mc", "max_len", "beam", "alpha"))
-def beam_search(params, mc, src, src_pad, max_len: int, beam: int = 4, alpha: float = 0.6):
+@partial(jax.jit, static_argnames=("mc", "max_len", "beam", "alpha", "early_stop"))
+def beam_search(params, mc, src, src_pad, max_len: int, beam: int = 4, alpha: float = 0.6,
+                early_stop: bool = True):
     """src [B, Ls] -> best hypothesis ids [B, max_len] by length-normalised log-probability.
 
     Candidates are ranked by their length-normalised score at every step, not only at the end:
@@ -98,8 +111,8 @@ def beam_search(params, mc, src, src_pad, max_len: int, beam: int = 4, alpha: fl
         was_done = take(done)
         return buf, scores, was_done | (tok == EOS_ID), take(new_len)
 
-    buf, scores, done, length = jax.lax.fori_loop(0, max_len, body,
-                                                  (buf, scores, done, length))
+    buf, scores, done, length = _until_done(body, max_len, (buf, scores, done, length),
+                                            lambda c: c[2], early_stop)
     best = jnp.argmax(scores / _penalty(length, alpha), axis=1)
     return jnp.take_along_axis(buf, best[:, None, None], axis=1)[:, 0, 1:]
 

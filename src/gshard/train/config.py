@@ -52,6 +52,8 @@ class TrainSection:
     optimizer: str = "adam"                # adam | adafactor
     learning_rate: float = 3e-3            # adam peak lr; adafactor base_lr
     warmup_steps: int = 20
+    lr_schedule: str = "constant"          # adam after warmup: constant | linear | cosine | rsqrt
+    lr_final_fraction: float = 0.1         # linear/cosine: lr at train.steps, times the peak
     clip_norm: float = 1.0                 # adam only; 0 = off
     label_smoothing: float = 0.0
     aux_loss_weight: float = 0.01
@@ -65,6 +67,15 @@ class TrainSection:
     time_limit_s: float = 0.0              # stop (and checkpoint) after this long; 0 = no limit
     shard_optimizer: bool = True           # weight-update sharding over the data axes (ZeRO)
     microbatches: int = 1                  # gradient accumulation over this many slices
+
+    def __post_init__(self):
+        from .step import SCHEDULES
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"train.lr_schedule must be one of {', '.join(SCHEDULES)}, "
+                             f"got {self.lr_schedule!r}")
+        if not 0.0 <= self.lr_final_fraction <= 1.0:
+            raise ValueError(f"train.lr_final_fraction must be in [0, 1], got "
+                             f"{self.lr_final_fraction}")
 
 
 @dataclass(frozen=True)

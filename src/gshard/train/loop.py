@@ -74,7 +74,8 @@ def make_optimizer(cfg: RunConfig):
     t = cfg.train
     if t.optimizer == "adam":
         return mk("adam", learning_rate=t.learning_rate, warmup_steps=t.warmup_steps,
-                  clip_norm=t.clip_norm or None)
+                  clip_norm=t.clip_norm or None, schedule=t.lr_schedule, decay_steps=t.steps,
+                  final_fraction=t.lr_final_fraction)
     return mk("adafactor", base_lr=t.learning_rate, warmup_steps=max(t.warmup_steps, 1))
 
 

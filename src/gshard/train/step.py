@@ -45,12 +45,34 @@ def adafactor(learning_rate=None, *, base_lr: float = 1.0, warmup_steps: int = 1
                            multiply_by_parameter_scale=True, factored=factored)
 
 
+SCHEDULES = ("constant", "linear", "cosine", "rsqrt")
+
+
+def lr_schedule(peak: float, warmup_steps: int = 0, *, kind: str = "constant",
+                decay_steps: int = 0, final_fraction: float = 0.1):
+    """Linear warmup to `peak` over warmup_steps, then: constant; linear or cosine decay to
+    final_fraction · peak at step decay_steps (held there after); or rsqrt decay
+    peak · sqrt(warmup / t)."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"learning-rate schedule must be one of {SCHEDULES}, got {kind!r}")
+    warm = optax.linear_schedule(0.0, peak, warmup_steps) if warmup_steps else None
+    rest = max(decay_steps - warmup_steps, 1)
+    after = {"constant": lambda: optax.constant_schedule(peak),
+             "linear": lambda: optax.linear_schedule(peak, peak * final_fraction, rest),
+             "cosine": lambda: optax.cosine_decay_schedule(peak, rest, alpha=final_fraction),
+             "rsqrt": lambda: (lambda t: peak * jax.lax.rsqrt(
+                 jnp.maximum(t + warmup_steps, 1.0) / max(warmup_steps, 1)))}[kind]()
+    return optax.join_schedules([warm, after], [warmup_steps]) if warm else after
+
+
 def adam(learning_rate=1e-3, *, b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9,
-         warmup_steps: int = 0, clip_norm: Optional[float] = None) -> optax.GradientTransformation:
-    """Adam, with optional linear warmup and global-norm gradient clipping."""
-    lr = learning_rate
-    if warmup_steps:
-        lr = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+         warmup_steps: int = 0, clip_norm: Optional[float] = None, schedule: str = "constant",
+         decay_steps: int = 0, final_fraction: float = 0.1) -> optax.GradientTransformation:
+    """Adam with the learning rate of `lr_schedule` (a callable learning_rate is used as is)
+    and optional global-norm gradient clipping."""
+    lr = learning_rate if callable(learning_rate) else lr_schedule(
+        learning_rate, warmup_steps, kind=schedule, decay_steps=decay_steps,
+        final_fraction=final_fraction)
     chain = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
     return optax.chain(*chain, optax.adam(lr, b1=b1, b2=b2, eps=eps))
 
