@@ -58,7 +58,7 @@ def ensure_data(cfg, log=print) -> Path:
 
 def _minutes(args) -> list[str]:
     """--minutes N: the preset's recipe for about N minutes (training time and step budget
-    scaled by the same factor; the learning-rate schedule does not depend on the step count)."""
+    scaled by the same factor, so a decaying learning rate anneals over the whole longer run)."""
     if args.minutes is None:
         return []
     from gshard.cli.train_cmd import config_from_args
