@@ -51,7 +51,7 @@ def one_run(name: str, overrides: list[str], seed: int, args) -> dict:
         return json.loads(result.read_text())
     ov = overrides + [f"train.seed={seed}", f"train.steps={args.steps}", "train.time_limit_s=0",
                       "train.dev_every=0", f"train.checkpoint_every={args.steps}",
-                      f'data.dir="{args.data_dir}"']
+                      f'train.lr_schedule="{args.lr_schedule}"', f'data.dir="{args.data_dir}"']
     t0 = time.perf_counter()
     out = train(load_config("default", ov), work, progress=False, log=lambda m: None)
     secs = time.perf_counter() - t0
@@ -156,6 +156,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=250)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--bilingual-seeds", type=int, default=1)
+    p.add_argument("--lr-schedule", default="constant",
+                   help="train.lr_schedule of every run (docs/training.md's table: constant)")
     p.add_argument("--sentences", type=int, default=40, help="test sentences per language")
     p.add_argument("--summarise", default=None, metavar="OUT")
     args = p.parse_args(argv)
