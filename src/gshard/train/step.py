@@ -51,18 +51,21 @@ SCHEDULES = ("constant", "linear", "cosine", "rsqrt")
 def lr_schedule(peak: float, warmup_steps: int = 0, *, kind: str = "constant",
                 decay_steps: int = 0, final_fraction: float = 0.1):
     """Linear warmup to `peak` over warmup_steps, then: constant; linear or cosine decay to
-    final_fraction · peak at step decay_steps (held there after); or rsqrt decay
-    peak · sqrt(warmup / t)."""
+    final_fraction · peak at step decay_steps (held there after); or rsqrt_schedule's decay
+    peak · sqrt(warmup / (t + 1))."""
     if kind not in SCHEDULES:
         raise ValueError(f"learning-rate schedule must be one of {SCHEDULES}, got {kind!r}")
-    warm = optax.linear_schedule(0.0, peak, warmup_steps) if warmup_steps else None
+    if kind == "rsqrt":
+        w = max(warmup_steps, 1)
+        return rsqrt_schedule(peak * w ** 0.5, w, linear_warmup=True)
     rest = max(decay_steps - warmup_steps, 1)
     after = {"constant": lambda: optax.constant_schedule(peak),
              "linear": lambda: optax.linear_schedule(peak, peak * final_fraction, rest),
-             "cosine": lambda: optax.cosine_decay_schedule(peak, rest, alpha=final_fraction),
-             "rsqrt": lambda: (lambda t: peak * jax.lax.rsqrt(
-                 jnp.maximum(t + warmup_steps, 1.0) / max(warmup_steps, 1)))}[kind]()
-    return optax.join_schedules([warm, after], [warmup_steps]) if warm else after
+             "cosine": lambda: optax.cosine_decay_schedule(peak, rest, alpha=final_fraction)}[kind]()
+    if not warmup_steps:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup_steps), after],
+                                [warmup_steps])
 
 
 def adam(learning_rate=1e-3, *, b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9,
