@@ -41,6 +41,9 @@ class ModelSection:
     dtype: str = "float32"
 
 
+LR_SCHEDULES = ("constant", "linear", "cosine", "rsqrt")   # gshard.train.step.lr_schedule
+
+
 @dataclass(frozen=True)
 class TrainSection:
     steps: int = 40
@@ -69,9 +72,8 @@ class TrainSection:
     microbatches: int = 1                  # gradient accumulation over this many slices
 
     def __post_init__(self):
-        from .step import SCHEDULES
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"train.lr_schedule must be one of {', '.join(SCHEDULES)}, "
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                              f"got {self.lr_schedule!r}")
         if not 0.0 <= self.lr_final_fraction <= 1.0:
             raise ValueError(f"train.lr_final_fraction must be in [0, 1], got "

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from ..models.config import ModelConfig
+from .config import LR_SCHEDULES
 from ..models.transformer import forward
 
 AUX_LOSS_WEIGHT = 0.01
@@ -45,7 +46,7 @@ def adafactor(learning_rate=None, *, base_lr: float = 1.0, warmup_steps: int = 1
                            multiply_by_parameter_scale=True, factored=factored)
 
 
-SCHEDULES = ("constant", "linear", "cosine", "rsqrt")
+SCHEDULES = LR_SCHEDULES
 
 
 def lr_schedule(peak: float, warmup_steps: int = 0, *, kind: str = "constant",
