@@ -46,16 +46,13 @@ def adafactor(learning_rate=None, *, base_lr: float = 1.0, warmup_steps: int = 1
                            multiply_by_parameter_scale=True, factored=factored)
 
 
-SCHEDULES = LR_SCHEDULES
-
-
 def lr_schedule(peak: float, warmup_steps: int = 0, *, kind: str = "constant",
                 decay_steps: int = 0, final_fraction: float = 0.1):
     """Linear warmup to `peak` over warmup_steps, then: constant; linear or cosine decay to
     final_fraction · peak at step decay_steps (held there after); or rsqrt_schedule's decay
     peak · sqrt(warmup / (t + 1))."""
-    if kind not in SCHEDULES:
-        raise ValueError(f"learning-rate schedule must be one of {SCHEDULES}, got {kind!r}")
+    if kind not in LR_SCHEDULES:
+        raise ValueError(f"learning-rate schedule must be one of {LR_SCHEDULES}, got {kind!r}")
     if kind == "rsqrt":
         w = max(warmup_steps, 1)
         return rsqrt_schedule(peak * w ** 0.5, w, linear_warmup=True)
