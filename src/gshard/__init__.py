@@ -8,7 +8,14 @@ import os as _os
 
 from jax._src import source_info_util as _siu
 
-_siu.register_exclusion(_os.path.dirname(_os.path.abspath(__file__)))
+from .errors import USER_CODE as _USER_CODE  # noqa: E402
+
+_HERE = _os.path.dirname(_os.path.abspath(__file__))
+# Source lines name user code: gshard's machinery is excluded from JAX's source info, but the
+# library's own models (models/, moe/, train/, evaluate/) are user code to explain and report.
+for _entry in sorted(_os.listdir(_HERE)):
+    if _entry.split(".")[0] not in _USER_CODE and not _entry.startswith("__pycache__"):
+        _siu.register_exclusion(_os.path.join(_HERE, _entry))
 
 from .annotate import mesh_split, replicate, shard, split  # noqa: E402
 from .errors import AnnotationError, GShardError, UnsupportedPrimitiveError  # noqa: E402

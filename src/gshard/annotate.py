@@ -87,14 +87,27 @@ def _bind(x, ann: Annotation):
 
 
 # ----- the paper's API --------------------------------------------------------------------------
+def _check_value(x, api: str, where: str) -> None:
+    """Annotations take one array (a jax/numpy array or a tracer), not a Python container."""
+    if isinstance(x, (list, tuple, dict, str, bytes)) or x is None:
+        fail(AnnotationError,
+             f"{api}: got a {type(x).__name__}, not an array", where=where,
+             fix="pass an array (jnp.asarray(...)); like jax.jit, gshard.partition passes a "
+                 "Python list or tuple argument to your function as a pytree of its elements, "
+                 "so convert it to an array before the call")
+
+
 def replicate(x):
     """Annotate `x` as replicated on every device."""
-    return _bind(x, Annotation("replicate", np.ndim(x), where=user_frame()))
+    where = user_frame()
+    _check_value(x, "replicate", where)
+    return _bind(x, Annotation("replicate", np.ndim(x), where=where))
 
 
 def split(x, split_dimension: int, num_partitions: int):
     """Split `x` along `split_dimension` into `num_partitions` pieces (over all devices, or over
     the one mesh axis of that size)."""
+    _check_value(x, "split", user_frame())
     rank = np.ndim(x)
     dim = _check_dim(split_dimension, rank, np.shape(x), "split")
     if not isinstance(num_partitions, (int, np.integer)) or num_partitions < 1:
@@ -107,8 +120,10 @@ def split(x, split_dimension: int, num_partitions: int):
 def mesh_split(x, dims_mapping):
     """Split `x` over mesh axes: one entry per dim (axis name, tuple of names, None, or the
     paper's integer mesh dim / -1). A PartitionSpec is accepted."""
-    rank, where = np.ndim(x), user_frame()
-    entries = list(dims_mapping)
+    where = user_frame()
+    _check_value(x, "mesh_split", where)
+    rank = np.ndim(x)
+    entries = _mapping_entries(dims_mapping, rank, where)
     if len(entries) > rank:
         fail(AnnotationError,
              f"mesh_split: dims_mapping {list(dims_mapping)} has {len(entries)} entries but the tensor "
@@ -127,7 +142,9 @@ def mesh_split(x, dims_mapping):
 def shard(x, device_assignment):
     """Tile `x` by a device assignment (paper A.3): an int array of the tensor's rank whose shape
     is the tile grid and whose entries are device ids (positions in the mesh's device order)."""
-    rank, where = np.ndim(x), user_frame()
+    where = user_frame()
+    _check_value(x, "shard", where)
+    rank = np.ndim(x)
     arr = np.asarray(device_assignment)
     if arr.ndim != rank or not np.issubdtype(arr.dtype, np.integer):
         fail(AnnotationError,
@@ -140,6 +157,25 @@ def shard(x, device_assignment):
                  where=where, fix="use at most as many tiles as the dim has elements")
     return _bind(x, Annotation("shard", rank, assignment=tuple(int(v) for v in arr.ravel()),
                                assignment_shape=tuple(arr.shape), where=where))
+
+
+def _mapping_entries(dims_mapping, rank: int, where: str) -> list:
+    """The dims_mapping as a list of entries; a bare string or None is the user's slip."""
+    if dims_mapping is None:
+        fail(AnnotationError, "mesh_split: dims_mapping is None", where=where,
+             fix="give one entry per tensor dim, e.g. mesh_split(x, ('data', None)); "
+                 "gshard.replicate(x) replicates")
+    if isinstance(dims_mapping, str):
+        fail(AnnotationError,
+             f"mesh_split: dims_mapping is the string {dims_mapping!r}, not one entry per dim",
+             where=where,
+             fix=f"write a tuple with one entry per tensor dim: ({dims_mapping!r},) for a rank-1 "
+                 f"tensor, ({dims_mapping!r}, None) for rank 2, or PartitionSpec({dims_mapping!r})")
+    try:
+        return list(dims_mapping)
+    except TypeError:
+        fail(AnnotationError, f"mesh_split: dims_mapping {dims_mapping!r} is not a sequence",
+             where=where, fix="give one entry per tensor dim, e.g. mesh_split(x, ('data', None))")
 
 
 def _check_dim(dim, rank, shape, api) -> int:

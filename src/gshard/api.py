@@ -1,6 +1,8 @@
 """gshard.partition(fn, mesh): trace, propagate, partition, run (DESIGN §6 contract)."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -12,7 +14,7 @@ import numpy as np
 from . import rules  # noqa: F401  (registers every rule)
 from .annotate import annotate_p, resolve
 from .jax_shardings import (committed_annotation, constraint_annotation, flat_specs,
-                            spec_annotation, unconstrained)
+                            spec_annotation, typed_annotation, unconstrained)
 from .rules.annotation import RESHARD, SHARDING_CONSTRAINT
 from .device_assignment import layout, refinement
 from .errors import GShardError
@@ -20,7 +22,8 @@ from .manual import partition_mesh
 from .mesh import MeshInfo
 from .spec import ShardingSpec
 from .propagate.engine import Propagation, check_supported, propagate
-from .runtime import Program, build
+from .runtime import Program, build, mesh_context
+from .compose import is_traced, traced_call
 from .trace.graph import Eqn, Graph, Value, trace
 
 
@@ -32,8 +35,18 @@ def partition(fn: Callable, mesh, *, in_specs=None, out_specs=None,
     PartitionSpec, NamedSharding or None (None: propagated). Committed jax.Array inputs with a
     NamedSharding on `mesh` keep their placement. `donate_argnums`: positional arguments whose
     buffers the call may reuse."""
+    if not callable(fn):
+        raise GShardError(f"gshard.partition: fn must be callable, got {type(fn).__name__}\n  fix: "
+                          f"pass the function itself, gshard.partition(fn, mesh)")
+    return Partitioned(fn, MeshInfo.of(mesh), in_specs, out_specs, _donate(donate_argnums))
+
+
+def _donate(donate_argnums) -> tuple[int, ...]:
     donate = (donate_argnums,) if isinstance(donate_argnums, int) else tuple(donate_argnums)
-    return Partitioned(fn, MeshInfo.of(mesh), in_specs, out_specs, donate)
+    if not all(isinstance(i, (int, np.integer)) and i >= 0 for i in donate):
+        raise GShardError(f"gshard.partition: donate_argnums={donate_argnums!r} must be "
+                          f"non-negative positional argument indices\n  fix: e.g. donate_argnums=(0,)")
+    return tuple(int(i) for i in donate)
 
 
 class Partitioned:
@@ -44,8 +57,9 @@ class Partitioned:
         self._cache: dict = {}
 
     def lower(self, *args) -> "Lowered":
+        _check_donate(self.donate, args)
         leaves, in_tree = jax.tree_util.tree_flatten(args)
-        avals = tuple(_aval(x) for x in leaves)
+        avals = _avals(args, leaves)
         inputs = _input_annotations(self, leaves, in_tree)
         sig = (in_tree, tuple((a.shape, str(a.dtype)) for a in avals))
         key = sig + (inputs,)
@@ -56,6 +70,8 @@ class Partitioned:
     def _reuse(self, sig, leaves):
         """A lowering of the same signature whose inputs already sit where these committed
         arrays are (the outputs of the previous step fed back): no second partitioning."""
+        if is_traced(leaves):
+            return None
         for key, low in self._cache.items():
             if key[:2] != sig or low.program.traced is None:
                 continue
@@ -67,6 +83,8 @@ class Partitioned:
         return None
 
     def __call__(self, *args):
+        if is_traced(jax.tree_util.tree_leaves(args)):
+            return traced_call(self, args)
         low = self.lower(*args)
         if low.program.call is None:
             raise GShardError(f"the mesh {self.mesh.describe()} is abstract (no devices): use "
@@ -81,6 +99,32 @@ def _same_layout(a, b) -> bool:
         return a.is_equivalent_to(b, len(b.spec))
     except Exception:  # noqa: BLE001 - another sharding type
         return False
+
+
+def _check_donate(donate, args) -> None:
+    bad = [i for i in donate if i >= len(args)]
+    if bad:
+        raise GShardError(f"gshard.partition: donate_argnums={donate} names argument {bad[0]}, but "
+                          f"the function was called with {len(args)} positional argument(s)\n  "
+                          f"fix: donate only indices below {len(args)}")
+
+
+def _avals(args, leaves) -> tuple:
+    try:
+        return tuple(_aval(x) for x in leaves)
+    except (TypeError, ValueError):
+        pass
+    for path, x in jax.tree_util.tree_flatten_with_path(args)[0]:
+        try:
+            _aval(x)
+        except (TypeError, ValueError):
+            where = "args" + jax.tree_util.keystr(path)
+            raise GShardError(
+                f"gshard.partition: argument {where} is a {type(x).__name__} ({x!r:.40}), not an "
+                f"array\n  fix: pass arrays (jax or numpy), Python numbers or pytrees of them; "
+                f"give a non-array setting by closing over it (functools.partial) as with "
+                f"jax.jit") from None
+    raise AssertionError("unreachable")
 
 
 def _aval(x) -> jax.ShapeDtypeStruct:
@@ -151,12 +195,13 @@ def _lower(pf: Partitioned, in_tree, avals, inputs) -> Lowered:
     t0 = time.perf_counter()
     holder = {}
 
+    @functools.wraps(fn)  # JAX's tracing errors then name the user's function
     def flat_fn(*flat):
         out = fn(*jax.tree_util.tree_unflatten(in_tree, flat))
         leaves, holder["tree"] = jax.tree_util.tree_flatten(out)
         return leaves
 
-    with partition_mesh(base):
+    with partition_mesh(base), _mesh_context_for(base):
         graph, _ = trace(flat_fn, *avals)
     t1 = time.perf_counter()
     graph = constrain_outputs(graph, flat_specs(pf.out_specs, holder["tree"], "out_specs"), base)
@@ -172,6 +217,16 @@ def _lower(pf: Partitioned, in_tree, avals, inputs) -> Lowered:
     return Lowered(graph, prop, mesh, program, holder["tree"], t3 - t0, timings)
 
 
+def _mesh_context_for(mesh: MeshInfo):
+    """The partition's mesh (its Auto form: nothing is typed) is JAX's context mesh while `fn`
+    is traced, unless the user set one: a bare PartitionSpec in with_sharding_constraint then
+    names its axes. Explicit-mode code (reshard, out_sharding=) runs under the user's
+    jax.set_mesh, as under jax.jit."""
+    if not jax.sharding.get_abstract_mesh().empty:
+        return contextlib.nullcontext()
+    return mesh_context(mesh.auto_mesh())
+
+
 def resolve_annotations(graph: Graph, base: MeshInfo):
     """Refine the mesh for shard() layouts, then resolve every annotation to a fixed spec (a
     with_sharding_constraint with unconstrained dims only seeds its result)."""
@@ -185,7 +240,8 @@ def resolve_annotations(graph: Graph, base: MeshInfo):
         spec = resolve(ann, mesh, e.inputs[0].shape)
         fixed[e.outputs[0]] = (spec, f"annotation {ann.describe()} at {ann.where}")
     for e in graph.eqns:
-        ann = constraint_annotation(e, base) if e.prim in (SHARDING_CONSTRAINT, RESHARD) else None
+        ann = (constraint_annotation(e, base) if e.prim in (SHARDING_CONSTRAINT, RESHARD)
+               else typed_annotation(e, base))
         if ann is not None:
             spec = resolve(ann, mesh, e.inputs[0].shape)
             why = f"{e.prim.name} {spec.to_partition_spec()} at {e.where}"

@@ -66,13 +66,26 @@ def axis_index(axes) -> jax.Array:
     return jax.lax.axis_index(_name(tuple(axes)))
 
 
+def _low_float(dtype) -> bool:
+    """float16 / bfloat16 (and narrower floats): summed across devices at float32, as XLA does."""
+    dtype = jnp.dtype(dtype)
+    return jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4
+
+
+def _wide_sum(fn, x, axes):
+    """A cross-device sum of `x` accumulated at float32 when x is a narrow float."""
+    if _low_float(x.dtype):
+        return fn(x.astype(jnp.float32), axes).astype(x.dtype)
+    return fn(x, axes)
+
+
 def all_reduce(rec: Recorder, x, axes, reason, op="sum"):
     fn = {"sum": jax.lax.psum, "max": jax.lax.pmax, "min": jax.lax.pmin}[op]
     rec.add("all_reduce", axes, x, reason, op=op)
     if x.dtype == jnp.bool_:
         y = fn(x.astype(jnp.int32), _name(axes))
         return y.astype(jnp.bool_)
-    return fn(x, _name(axes))
+    return _wide_sum(fn, x, _name(axes)) if op == "sum" else fn(x, _name(axes))
 
 
 def all_reduce_many(rec: Recorder, xs: list, axes, reason) -> list:
@@ -87,7 +100,7 @@ def all_reduce_many(rec: Recorder, xs: list, axes, reason) -> list:
         rec.records.append(Collective("all_reduce", tuple(axes), int(flat.size * dtype.itemsize),
                                       rec.source, f"{reason} ({len(idx)} arrays combined)",
                                       tuple(flat.shape), str(dtype), "sum"))
-        total = jax.lax.psum(flat, _name(tuple(axes)))
+        total = _wide_sum(jax.lax.psum, flat, _name(tuple(axes)))
         offsets = np.cumsum([0] + [math.prod(xs[i].shape) for i in idx])
         for k, i in enumerate(idx):
             out[i] = total[offsets[k]:offsets[k + 1]].reshape(xs[i].shape)
@@ -102,7 +115,8 @@ def all_gather(rec: Recorder, x, axes, dim, reason, *, full=False, whole=False):
 
 def reduce_scatter(rec: Recorder, x, axes, dim, reason):
     rec.add("reduce_scatter", axes, x, reason, op="sum")
-    return jax.lax.psum_scatter(x, _name(axes), scatter_dimension=dim, tiled=True)
+    scatter = lambda v, a: jax.lax.psum_scatter(v, a, scatter_dimension=dim, tiled=True)  # noqa: E731
+    return _wide_sum(scatter, x, _name(axes))
 
 
 def all_to_all(rec: Recorder, x, axes, split_dim, concat_dim, reason):

@@ -53,7 +53,7 @@ def layout(ann, mesh: MeshInfo, shape) -> list[list[Factor]]:
     a = ids.reshape(sizes) if sizes else ids.reshape(())
     strides = _strides(a, sizes)
     if strides is None:
-        _bad(ann, shape, mesh, "the device ids are not an affine function of the tile coordinates")
+        _bad(ann, shape, mesh, _why_not_affine(ids.reshape(grid)))
     order = sorted(range(len(sizes)), key=lambda j: -strides[j])
     acc = 1
     for j in reversed(order):
@@ -61,6 +61,20 @@ def layout(ann, mesh: MeshInfo, shape) -> list[list[Factor]]:
             _bad(ann, shape, mesh, "the tile strides do not form a mixed radix of the device order")
         acc *= sizes[j]
     return _assign_to_axes(ann, mesh, shape, owners, sizes, order)
+
+
+def _why_not_affine(grid: np.ndarray) -> str:
+    """Why a device assignment is no reshape/transpose of the mesh's device order."""
+    for d in range(grid.ndim):
+        steps = np.diff(grid, axis=d)
+        if steps.size and (steps < 0).all():
+            return (f"the device ids run backwards along tile dim {d} "
+                    f"({', '.join(map(str, np.moveaxis(grid, d, 0)[:3, ...].ravel()[:3]))}, ...); a "
+                    f"shard() assignment can reshape and transpose the mesh's device order but not "
+                    f"reverse it (to reverse it, build the mesh from the reversed devices and use "
+                    f"mesh_split)")
+    return ("the device ids are not a reshape/transpose of the mesh's device order (each tile "
+            "dim must step through the ids by a fixed stride)")
 
 
 def _strides(a: np.ndarray, sizes: Sequence[int]):

@@ -5,6 +5,16 @@ import os
 import traceback
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+# The library's own models are user code: their lines are what explain and errors report.
+USER_CODE = ("models", "moe", "train", "evaluate")
+
+
+def is_machinery(path: str) -> bool:
+    """A file of gshard's own machinery (not its models): never reported as the user's line."""
+    path = os.path.abspath(path)
+    if not path.startswith(_PKG_DIR + os.sep):
+        return False
+    return path[len(_PKG_DIR) + 1:].split(os.sep)[0].split(".")[0] not in USER_CODE
 
 
 class GShardError(ValueError):
@@ -23,7 +33,7 @@ def user_frame() -> str:
     """The innermost stack frame outside gshard and JAX, as 'file:line (function)'."""
     for frame in reversed(traceback.extract_stack()):
         path = os.path.abspath(frame.filename)
-        if path.startswith(_PKG_DIR) or f"{os.sep}jax{os.sep}" in path or "jaxlib" in path:
+        if is_machinery(path) or f"{os.sep}jax{os.sep}" in path or "jaxlib" in path:
             continue
         if path.startswith("<frozen") or f"{os.sep}contextlib.py" in path:
             continue

@@ -15,14 +15,23 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from .annotate import Annotation
 from .errors import AnnotationError, fail
 from .mesh import MeshInfo
+from .manual import is_dims_tuple
 
 
 def is_spec_leaf(x) -> bool:
-    return x is None or isinstance(x, (PartitionSpec, NamedSharding))
+    """A leaf of in_specs / out_specs: None, a PartitionSpec, a NamedSharding, a string (an
+    error, reported as such) or a tuple of per-dim entries in gshard.manual's style."""
+    return x is None or isinstance(x, (PartitionSpec, NamedSharding, str)) or is_dims_tuple(x)
 
 
 def _mesh_of(sharding):
     return getattr(sharding, "mesh", None)
+
+
+def _has_explicit_axes(sharding) -> bool:
+    mesh = _mesh_of(sharding)
+    types = getattr(mesh, "axis_types", None) or ()
+    return any(t == jax.sharding.AxisType.Explicit for t in types)
 
 
 def check_mesh(sharding, mesh: MeshInfo, what: str, where: str) -> None:
@@ -72,6 +81,8 @@ def constraint_annotation(eqn, mesh: MeshInfo) -> Annotation | None:
     if isinstance(sharding, PartitionSpec) or (_mesh_of(sharding) is not None
                                                and not tuple(_mesh_of(sharding).axis_names)):
         return None
+    if what != "with_sharding_constraint" and not _has_explicit_axes(sharding):
+        return None  # a reshard on Auto axes changes no type (jnp inserts these itself)
     if not isinstance(sharding, NamedSharding):
         fail(AnnotationError, f"{what}: gshard reads NamedSharding / PartitionSpec constraints, "
              f"got {type(sharding).__name__}", where=eqn.where,
@@ -80,8 +91,22 @@ def constraint_annotation(eqn, mesh: MeshInfo) -> Annotation | None:
     return annotation_of(sharding.spec, len(eqn.inputs[0].shape), eqn.where, what)
 
 
+def typed_annotation(eqn, mesh: MeshInfo) -> Annotation | None:
+    """An explicit-mode sharding request carried by an op (`out_sharding=` of jnp.einsum /
+    jnp.dot / jax.random / ...): its result is fixed there, as jax.jit would type it."""
+    sharding = eqn.params.get("out_sharding")
+    if not isinstance(sharding, NamedSharding) or not any(e is not None for e in sharding.spec):
+        return None
+    if not tuple(sharding.mesh.axis_names):
+        return None
+    check_mesh(sharding, mesh, f"out_sharding of {eqn.prim.name}", eqn.where)
+    return annotation_of(sharding.spec, len(eqn.outputs[0].shape), eqn.where,
+                         f"out_sharding of {eqn.prim.name}")
+
+
 def unconstrained(eqn) -> bool:
-    sharding = eqn.params.get("sharding", eqn.params.get("dst_sharding"))
+    sharding = eqn.params.get("sharding", eqn.params.get("dst_sharding",
+                                                          eqn.params.get("out_sharding")))
     return bool(eqn.params.get("unconstrained_dims")) or any(
         e is PartitionSpec.UNCONSTRAINED for e in sharding.spec)
 
@@ -104,6 +129,11 @@ def flat_specs(prefix, tree, what: str) -> list:
 def spec_annotation(entry, rank: int, mesh: MeshInfo, what: str) -> Annotation | None:
     if entry is None:
         return None
+    if isinstance(entry, str):
+        fail(AnnotationError, f"{what} is the string {entry!r}, not a sharding",
+             where="the gshard.partition call",
+             fix=f"write PartitionSpec({entry!r}) (dim 0 split over {entry!r}), or a tuple with one "
+                 f"entry per dim such as ({entry!r}, None)")
     if isinstance(entry, NamedSharding):
         check_mesh(entry, mesh, what, "the gshard.partition call")
         entry = entry.spec
@@ -112,6 +142,8 @@ def spec_annotation(entry, rank: int, mesh: MeshInfo, what: str) -> Annotation |
 
 def committed_annotation(x, mesh: MeshInfo, index: int) -> Annotation | None:
     """A committed jax.Array's NamedSharding on the partition's mesh, as an annotation."""
+    if isinstance(x, jax.core.Tracer):  # no placement yet: the caller's jit places it
+        return None
     sharding = getattr(x, "sharding", None)
     if not getattr(x, "committed", False) or not isinstance(sharding, NamedSharding):
         return None

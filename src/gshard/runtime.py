@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import ClosedJaxpr
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, AxisType, NamedSharding, PartitionSpec
 
 from . import collectives as coll
 from .mesh import MeshInfo
@@ -35,6 +35,8 @@ class Program:
     out_shardings: list
     in_shapes: list = field(default_factory=list)
     padded_shapes: list = field(default_factory=list)
+    fn: Any = None             # the jitted program (no donation), for calls under jax transforms
+    mesh: Any = None           # the device mesh it runs on (the user's own mesh object)
     _compiled: Any = None
 
     @property
@@ -97,40 +99,109 @@ def _trim(x, shape):
 
 def build(graph, prop, mesh: MeshInfo, avals, donate=()) -> Program:
     """Trace the per-device program once (its jaxpr and collectives come from that trace, and
-    the executable is lowered from it)."""
+    the executable is lowered from it). It runs on the user's own mesh object (Auto, Explicit or
+    mixed axes), so its outputs mix with the user's arrays in any later jax call."""
     sizes = mesh.sizes
     in_specs = [prop.spec(v) for v in graph.invars]
     out_specs = [prop.spec(x).drop_partial() for x in graph.outvars]
     in_shapes = [tuple(a.shape) for a in avals]
     padded = [s.padded_shape(n, sizes) for s, n in zip(in_specs, in_shapes)]
     out_shapes = [tuple(x.shape) for x in graph.outvars]
-    holder: dict = {}
+    device_mesh, holder = mesh.mesh, {}
 
     def body(*local):
         rec = coll.Recorder()
         holder["rec"] = rec
         return tuple(run_graph(Ctx(mesh, rec, prop), graph, prop, local))
 
-    smap = jax.shard_map(body, mesh=mesh.auto_mesh(),
-                         in_specs=tuple(s.to_partition_spec() for s in in_specs),
+    in_p = [s.to_partition_spec() for s in in_specs]
+    even = [even_pspec(s, n, sizes) for s, n in zip(out_specs, out_shapes)]
+    smap = jax.shard_map(body, mesh=device_mesh, in_specs=tuple(in_p),
                          out_specs=tuple(s.to_partition_spec() for s in out_specs), check_vma=False)
 
     def outer(*flat):
-        return tuple(_trim(o, n) for o, n in zip(smap(*flat), out_shapes))
+        flat = [enter(x, device_mesh, p) for x, p in zip(flat, in_p)]
+        return tuple(_leave(o, n, device_mesh, e) for o, n, e in zip(smap(*flat), out_shapes, even))
 
-    padded_avals = [jax.ShapeDtypeStruct(p, a.dtype) for p, a in zip(padded, avals)]
+    typed = [_typed_aval(p, a.dtype, device_mesh, s) for p, a, s in zip(padded, avals, in_p)]
     if mesh.is_abstract:
-        traced = jax.jit(outer).trace(*padded_avals)
+        with mesh_context(device_mesh):
+            traced = jax.jit(outer).trace(*typed)
         return Program(None, _inner(traced.jaxpr), list(holder["rec"].records), [], [],
                        in_shapes, padded)
-    amesh = mesh.auto_mesh()
-    ins = [NamedSharding(amesh, s.to_partition_spec()) for s in in_specs]
-    outs = [NamedSharding(amesh, even_pspec(s, n, sizes)) for s, n in zip(out_specs, out_shapes)]
-    jitted = jax.jit(outer, in_shardings=tuple(ins), out_shardings=tuple(outs),
-                     donate_argnums=tuple(donate))
-    traced = jitted.trace(*padded_avals)
-    return Program(traced, _inner(traced.jaxpr), list(holder["rec"].records), ins, outs,
-                   in_shapes, padded)
+    ins = tuple(NamedSharding(device_mesh, placement_pspec(device_mesh, p)) for p in in_p)
+    outs = tuple(NamedSharding(device_mesh, e) for e in even)
+    with mesh_context(device_mesh):
+        traced = jax.jit(outer, in_shardings=ins, out_shardings=outs,
+                         donate_argnums=tuple(donate)).trace(*typed)
+    fn = jax.jit(outer, in_shardings=ins, out_shardings=outs)
+    return Program(traced, _inner(traced.jaxpr), list(holder["rec"].records), list(ins),
+                   list(outs), in_shapes, padded, fn=fn, mesh=device_mesh)
+
+
+# ----- the user's mesh axis types -----------------------------------------------------------------
+def explicit_axes(device_mesh) -> set:
+    """The mesh axes of Explicit type (sharding carried in the arrays' types)."""
+    types = getattr(device_mesh, "axis_types", None) or ()
+    return {n for n, t in zip(device_mesh.axis_names, types) if t == AxisType.Explicit}
+
+
+def _restricted(pspec: PartitionSpec, axes: set) -> PartitionSpec:
+    """`pspec` over `axes` only (the others dropped)."""
+    def keep(e):
+        names = (e,) if isinstance(e, str) else tuple(e or ())
+        kept = tuple(a for a in names if a in axes)
+        return None if not kept else kept[0] if len(kept) == 1 else kept
+    return PartitionSpec(*[keep(e) for e in pspec])
+
+
+def placement_pspec(device_mesh, pspec: PartitionSpec) -> PartitionSpec:
+    """How an input is placed before the call: its whole spec, except on a mixed mesh (Explicit
+    and Auto axes), where a jax.Array holds only the Explicit part (the rest is constrained
+    inside the program)."""
+    axes = explicit_axes(device_mesh)
+    mixed = axes and len(axes) < len(device_mesh.axis_names)
+    return _restricted(pspec, axes) if mixed else pspec
+
+
+def enter(x, device_mesh, pspec: PartitionSpec):
+    """`x` with its type sharded as `pspec` over the mesh's Explicit axes (what jax.shard_map
+    demands of its operands there); Auto axes are placed by jax.jit's in_shardings (on a
+    mixed mesh, by a sharding constraint)."""
+    axes = explicit_axes(device_mesh)
+    if not axes:
+        return x
+    x = jax.sharding.reshard(x, NamedSharding(device_mesh, _restricted(pspec, axes)))
+    auto = set(device_mesh.axis_names) - axes
+    if auto:
+        x = jax.lax.with_sharding_constraint(x, NamedSharding(device_mesh, _restricted(pspec, auto)))
+    return x
+
+
+def _leave(x, shape, device_mesh, even: PartitionSpec):
+    """An output trimmed to its true shape; over Explicit axes its type is first made the even
+    spec (an uneven dim cannot stay split in a jax.Array)."""
+    if tuple(x.shape) == tuple(shape):
+        return x
+    axes = explicit_axes(device_mesh)
+    if axes:
+        x = jax.sharding.reshard(x, NamedSharding(device_mesh, _restricted(even, axes)))
+    return _trim(x, shape)
+
+
+def _typed_aval(shape, dtype, device_mesh, pspec):
+    """The abstract input: typed with its sharding over Explicit axes."""
+    axes = explicit_axes(device_mesh)
+    if not axes:
+        return jax.ShapeDtypeStruct(shape, dtype)
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(device_mesh,
+                                                                     _restricted(pspec, axes)))
+
+
+def mesh_context(device_mesh):
+    """Trace with `device_mesh` as JAX's context mesh (the user may have set another)."""
+    am = device_mesh if isinstance(device_mesh, AbstractMesh) else device_mesh.abstract_mesh
+    return jax.sharding.use_abstract_mesh(am)
 
 
 def _inner(closed) -> ClosedJaxpr:
@@ -141,5 +212,19 @@ def _inner(closed) -> ClosedJaxpr:
 
 
 def manual_region(fn: Callable, mesh, in_specs, out_specs) -> Callable:
-    """A per-device region (gshard.manual): fn sees local shards and may call collectives."""
-    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+    """A per-device region (gshard.manual): fn sees local shards and may call collectives.
+    On a mesh with Explicit axes the operands are first resharded to `in_specs` (as
+    jax.shard_map requires of their types)."""
+    smap = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+    if not explicit_axes(mesh):
+        return smap
+
+    def call(*args):
+        from .compat import broadcast_prefix
+        prefix = (in_specs,) * len(args) if isinstance(in_specs, PartitionSpec) else in_specs
+        leaves, tree = jax.tree_util.tree_flatten(args)
+        specs = broadcast_prefix(tuple(prefix), args, is_leaf=lambda p: isinstance(p, PartitionSpec))
+        placed = [enter(a, mesh, p) for a, p in zip(leaves, specs)]
+        with mesh_context(mesh):
+            return smap(*jax.tree_util.tree_unflatten(tree, placed))
+    return call

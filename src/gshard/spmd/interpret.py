@@ -23,11 +23,28 @@ def run_graph(ctx: Ctx, graph: Graph, prop: Propagation, local_args) -> list:
     read = run_eqns(ctx, graph, env, prop)
     ctx.at(None)
     targets = [prop.spec(x).drop_partial() for x in graph.outvars]
-    locs = combine_partials(ctx, [read(x) for x in graph.outvars], targets)
-    return [ctx.reshard(loc, t, "program output").val for loc, t in zip(locs, targets)]
+    sources = output_sources(graph)
+    locs = combine_partials(ctx, [read(x) for x in graph.outvars], targets, sources)
+    out = []
+    for loc, t, src in zip(locs, targets, sources):
+        ctx.rec.source = src
+        out.append(ctx.reshard(loc, t, "program output").val)
+    return out
 
 
-def combine_partials(ctx: Ctx, locs: list, targets: list) -> list:
+def output_sources(graph: Graph) -> list[str]:
+    """Per program output, the user's line that computed it."""
+    producer = {o: e for e in graph.eqns for o in e.outputs}
+    out = []
+    for i, x in enumerate(graph.outvars):
+        if x in producer:
+            out.append(f"{producer[x].where} (output {i})")
+        else:
+            out.append(f"output {i} (an input returned unchanged)")
+    return out
+
+
+def combine_partials(ctx: Ctx, locs: list, targets: list, sources: list) -> list:
     """Reduce the outputs left as partial sums over the same axes in one combined AllReduce
     (gradients of replicated weights, typically), unless a ReduceScatter serves one better."""
     groups: dict = {}
@@ -40,6 +57,7 @@ def combine_partials(ctx: Ctx, locs: list, targets: list) -> list:
         if len(idx) < 2:
             continue
         why = f"partial sums from {locs[idx[0]].origin or 'the program'} and others, at the output"
+        ctx.rec.source = sources[idx[0]]
         vals = ctx.all_reduce_many([locs[i].val for i in idx], axes, why)
         for i, v in zip(idx, vals):
             out[i] = Local(v, locs[i].spec.with_partial(()), locs[i].shape)
