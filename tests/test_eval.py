@@ -13,7 +13,7 @@ import pytest
 from gshard.cli.main import main
 from gshard.evaluate.bleu import score
 from gshard.evaluate.decode import beam_search, decoding_config, greedy, strip
-from gshard.models.config import get_preset
+from gshard.models.presets import get_preset
 from gshard.models.transformer import init_params
 from test_train_cli import tiny_corpus, train
 

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 import gshard
-from gshard.models.config import get_preset
+from gshard.models.presets import get_preset
 from gshard.train.step import init_train_state, make_optimizer, make_train_step
 from gshard.train.zero import specs_for
 from test_multihost import _launch, _port, _wait

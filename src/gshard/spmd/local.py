@@ -1,8 +1,7 @@
-"""Local shards and the partitioning context handed to every partition rule."""
+"""The partitioning context handed to every partition rule (the shard type, Local: shard.py)."""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 from typing import Any
 
 import jax.numpy as jnp
@@ -11,23 +10,9 @@ from jax import lax
 from .. import collectives as coll
 from ..mesh import MeshInfo
 from ..spec import ShardingSpec
-
-
-@dataclass(frozen=True)
-class Local:
-    """This device's shard of a program value: `val` has spec.local_shape(shape)."""
-    val: Any
-    spec: ShardingSpec
-    shape: tuple[int, ...]
-    origin: str = field(default="", compare=False)  # where a partial sum was produced
-
-    @property
-    def dtype(self):
-        return self.val.dtype
-
-    @property
-    def rank(self) -> int:
-        return len(self.shape)
+from .plan import reshard_cost
+from .reshard import reshard
+from .shard import Local
 
 
 class Ctx:
@@ -75,7 +60,6 @@ class Ctx:
         return self._fed.get(id(eqn), set()) | self._made.get(id(eqn), set())
 
     def reshard(self, x: Local, spec: ShardingSpec, reason: str = "") -> Local:
-        from .reshard import reshard
         if set(spec.partial) & set(spec.used_axes()):  # a split axis cannot stay unreduced
             spec = spec.with_partial(tuple(a for a in spec.partial if a not in spec.used_axes()))
         self._fed.setdefault(id(self.eqn), set()).update(spec.partial)
@@ -89,7 +73,6 @@ class Ctx:
     def cost(self, x: Local, spec: ShardingSpec) -> float:
         """Bytes resharding x to spec would move per device: 0 when that reshard is already done
         (a forward pass's gather reused by the backward)."""
-        from .plan import reshard_cost
         if x.spec == spec or (id(x), spec) in self._memo:
             return 0.0
         return reshard_cost(x.spec, spec, x.shape, jnp.dtype(x.dtype).itemsize, self.sizes)
@@ -152,7 +135,3 @@ def _reindex(i: int, axes, order, sizes) -> int:
         out = out * sizes[a] + coords[a]
     return out
 
-
-def uneven(x: Local, sizes, dims=None) -> tuple[int, ...]:
-    dims = range(x.rank) if dims is None else dims
-    return tuple(d for d in dims if x.spec.dims[d] and x.shape[d] % x.spec.tiles(d, sizes))
