@@ -26,6 +26,7 @@ class Ctx:
         self._memo: dict = {}  # (id(Local), spec) -> (Local, resharded Local): one reshard per value
         self._fed: dict = {}   # id(eqn) -> partial axes of the operands its rule was given
         self._made: dict = {}  # id(eqn) -> partial axes its rule created (contracted splits)
+        self._masks: dict = {}  # (local shape, ((dim, n, axes), ...)) -> bool mask: built once
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -33,12 +34,13 @@ class Ctx:
 
     @contextlib.contextmanager
     def scope(self):
-        """A fresh reshard memo for a loop or branch body (its values live in an inner trace)."""
-        saved, self._memo = self._memo, {}
+        """A fresh reshard memo and mask cache for a loop or branch body (its values live in an
+        inner trace: an outer trace's value must not leak into it)."""
+        saved, self._memo, self._masks = (self._memo, self._masks), {}, {}
         try:
             yield self
         finally:
-            self._memo = saved
+            self._memo, self._masks = saved
 
     def at(self, eqn):
         self.eqn = eqn
@@ -106,17 +108,29 @@ class Ctx:
         return coll.collective_permute(self.rec, val, order, perm, why)
 
     def valid_mask(self, x: Local, dims) -> Any:
-        """Bool array of x's local shape: False at padding positions of the uneven `dims`."""
-        mask = None
-        local = x.val.shape
-        for d in dims:
-            n, axes = x.shape[d], x.spec.dims[d]
-            if not axes or n % x.spec.tiles(d, self.sizes) == 0:
-                continue
+        """Bool array of x's local shape: False at padding positions of the uneven `dims`. Built
+        once per (local shape, uneven dims and their axes) in this program body, shared by every
+        consumer (one iota / compare chain, not one per rule)."""
+        local = tuple(x.val.shape)
+        parts = tuple((d, x.shape[d], tuple(x.spec.dims[d])) for d in dims
+                      if x.spec.dims[d] and x.shape[d] % x.spec.tiles(d, self.sizes))
+        if not parts:
+            return None
+        key = (local, parts)
+        if key not in self._masks:
+            mask = self._dim_mask(local, *parts[0])
+            for p in parts[1:]:
+                mask = mask & self._dim_mask(local, *p)
+            self._masks[key] = mask
+        return self._masks[key]
+
+    def _dim_mask(self, local, d: int, n: int, axes):
+        """Positions of dim `d` (global length n, split over `axes`) that hold real data."""
+        key = (local, ((d, n, axes),))
+        if key not in self._masks:
             pos = lax.broadcasted_iota(jnp.int32, local, d) + self.shard_index(axes) * local[d]
-            m = pos < n
-            mask = m if mask is None else (mask & m)
-        return mask
+            self._masks[key] = pos < n
+        return self._masks[key]
 
     def masked(self, x: Local, dims, fill) -> Local:
         mask = self.valid_mask(x, dims)
