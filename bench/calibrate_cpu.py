@@ -79,7 +79,7 @@ def predict(low, mesh, roles=None, replicated=None, hardware="cpu"):
 
 
 def tiny_train_step(mesh, batch: int, length: int):
-    from gshard.models.config import MeshAxes, get_preset
+    from gshard.models import MeshAxes, get_preset
     from gshard.train.step import init_train_state, make_optimizer, make_train_step
 
     cfg = get_preset("tiny", num_experts=8, mesh=MeshAxes(data="x", expert="x"))

@@ -33,7 +33,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gshard.models.config import get_preset  # noqa: E402
+from gshard.models.presets import get_preset  # noqa: E402
 from gshard.moe.layer import moe_layer  # noqa: E402
 from gshard.testing import dot_flops  # noqa: E402
 from gshard.train.step import init_train_state, make_optimizer, make_train_step  # noqa: E402

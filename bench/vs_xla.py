@@ -76,7 +76,7 @@ def prog_moe_train(shape, rng, scale=1):
 
 def prog_transformer(shape, rng, scale=1):
     """The tiny MoE Transformer training step (Adam), E=8, batch 8 x 16."""
-    from gshard.models.config import MeshAxes, get_preset
+    from gshard.models import MeshAxes, get_preset
     from gshard.train.step import init_train_state, make_optimizer, make_train_step
 
     axes = {(8,): MeshAxes(data="x", expert="x"),

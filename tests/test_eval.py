@@ -13,7 +13,7 @@ import pytest
 from gshard.cli.main import main
 from gshard.evaluate.bleu import score
 from gshard.evaluate.decode import beam_search, decoding_config, greedy, strip
-from gshard.models.config import get_preset
+from gshard.models.presets import get_preset
 from gshard.models.transformer import init_params
 from test_train_cli import tiny_corpus, train
 
@@ -60,18 +60,20 @@ def test_bleu_and_chrf():
     assert 0 < s["bleu"] < 100 and 0 < s["chrf"] < 100
 
 
+# Both decoding tests use [8, 7] sources and 12 target steps: greedy and the 3-beam search
+# compile once for the two (the jitted decoders are keyed by shape and static arguments).
 def test_beam_of_one_is_greedy_and_beams_are_well_formed():
     mc = decoding_config(get_preset("tiny", num_experts=4))
     params = init_params(mc, jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
-    src = rng.integers(4, mc.vocab_size, (3, 7)).astype(np.int32)
-    pad = np.zeros((3, 7), np.float32)
+    src = rng.integers(4, mc.vocab_size, (8, 7)).astype(np.int32)
+    pad = np.zeros((8, 7), np.float32)
     pad[0, 5:] = 1.0
-    g = np.asarray(greedy(params, mc, src, pad, 6))
-    assert g.shape == (3, 6)
-    assert np.array_equal(g, np.asarray(beam_search(params, mc, src, pad, 6, beam=1)))
-    b = np.asarray(beam_search(params, mc, src, pad, 6, beam=3))
-    assert b.shape == (3, 6) and all(len(x) <= 6 for x in strip(b))
+    g = np.asarray(greedy(params, mc, src, pad, 12))
+    assert g.shape == (8, 12)
+    assert np.array_equal(g, np.asarray(beam_search(params, mc, src, pad, 12, beam=1)))
+    b = np.asarray(beam_search(params, mc, src, pad, 12, beam=3))
+    assert b.shape == (8, 12) and all(len(x) <= 12 for x in strip(b))
 
 
 def test_decoding_stops_early_with_the_same_result():

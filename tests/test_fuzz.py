@@ -80,7 +80,7 @@ def test_a_wrong_partitioner_is_caught(monkeypatch):
     import gshard.api  # noqa: F401
     from jax.extend.core import primitives as P
     from gshard.registry import RULES
-    from gshard.spmd.local import Local
+    from gshard.spmd.shard import Local
     rule = RULES[P.reduce_sum_p]
 
     def forgetful(ctx, eqn, ins, targets):

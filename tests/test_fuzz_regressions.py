@@ -160,7 +160,7 @@ def test_a_rule_that_keeps_a_reduced_partial_is_stopped(monkeypatch):
     import gshard.api  # noqa: F401
     from jax.extend.core import primitives as P
     from gshard.registry import RULES
-    from gshard.spmd.local import Local
+    from gshard.spmd.shard import Local
     rule = RULES[P.mul_p]
 
     def double_counting(ctx, eqn, ins, targets):
@@ -177,7 +177,7 @@ def test_a_rule_with_a_wrong_local_shape_is_stopped(monkeypatch):
     import gshard.api  # noqa: F401
     from jax.extend.core import primitives as P
     from gshard.registry import RULES
-    from gshard.spmd.local import Local
+    from gshard.spmd.shard import Local
     rule = RULES[P.sin_p]
 
     def bad(ctx, eqn, ins, targets):

@@ -8,7 +8,8 @@ import pytest
 
 from gshard import collectives as coll
 from gshard.mesh import MeshInfo
-from gshard.spmd.local import Ctx, Local
+from gshard.spmd.local import Ctx
+from gshard.spmd.shard import Local
 from gshard.spmd.reshard import reshard
 from gshard.spec import ShardingSpec
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gshard
-from gshard.models.config import MeshAxes, get_preset
+from gshard.models import MeshAxes, get_preset
 from gshard.train.step import init_train_state, make_optimizer, make_train_step
 from gshard.testing import assert_close
 

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 import gshard
-from gshard.models.config import get_preset
+from gshard.models.presets import get_preset
 from gshard.train.step import init_train_state, make_optimizer, make_train_step
 from gshard.train.zero import specs_for
 from test_multihost import _launch, _port, _wait
@@ -121,13 +121,14 @@ def test_bfloat16_stays_within_its_tolerance_over_100_steps():
     a, b = curves["float32"], curves["bfloat16"]
     assert np.abs(a - b).max() <= 0.05 * a[0] and abs(a[-1] - b[-1]) <= 0.1 * a[-1]
     assert b[-1] < 0.5 * b[0]  # and it trains
-    # the partitioned bf16 step equals the unpartitioned one
+    # the partitioned bf16 step equals the unpartitioned one: the loss of the bf16 curve's first
+    # step (same init, batch 0, deterministic; the mesh annotations change no value)
     cfg = _cfg(dtype="bfloat16", data="x", expert="x")
-    opt = make_optimizer("adam", learning_rate=1e-3)
-    args = init_train_state(cfg, opt, jax.random.PRNGKey(0)) + (_batch(), jax.random.PRNGKey(1))
+    opt = make_optimizer("adam", learning_rate=3e-3, warmup_steps=10)
+    args = init_train_state(cfg, opt, jax.random.PRNGKey(0)) + (batches[0], jax.random.PRNGKey(0))
     fn = make_train_step(cfg, opt, deterministic=True)
     got = gshard.partition(fn, jax.make_mesh((8,), ("x",)))(*args)[2]["loss"]
-    assert float(got) == pytest.approx(float(jax.jit(fn)(*args)[2]["loss"]), rel=2e-2)
+    assert float(got) == pytest.approx(float(b[0]), rel=2e-2)
 
 
 def test_killed_run_continues_on_other_meshes_and_process_counts(tmp_path_factory, tmp_path,

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from .mesh import MeshInfo
     from .spec import ShardingSpec
-    from .spmd.local import Ctx, Local
+    from .spmd.local import Ctx
+    from .spmd.shard import Local
     from .trace.graph import Eqn
 
     Proposals = list[Optional[ShardingSpec]]

@@ -88,7 +88,7 @@ def mesh_of(s: SimSettings, devices: int):
 
 def model_config(s: SimSettings, devices: int, enc: int | None = None, dec: int | None = None):
     """The preset with E experts (E = D on the 1-D mesh), G = D groups, explicit C."""
-    from .models.config import get_preset
+    from .models.presets import get_preset
 
     base = get_preset(s.preset)
     S = s.per_device_batch * s.length                      # tokens per group (= per device)

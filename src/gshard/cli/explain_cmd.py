@@ -107,7 +107,7 @@ def preset_problem(name: str, mesh, *, optimizer: str = "adam", batch_per_shard:
     import jax
     import jax.numpy as jnp
 
-    from ..models.config import MeshAxes, get_preset
+    from ..models import MeshAxes, get_preset
     from ..train.step import init_train_state, make_optimizer, make_train_step
 
     names = tuple(mesh.axis_names)

@@ -1,4 +1,4 @@
-"""Typed, frozen configs for the GShard MoE Transformer, and presets from CPU-sized to the paper's.
+"""Typed, frozen configs for the GShard MoE Transformer (the presets as ModelConfigs: presets.py).
 
 Paper sizes (GShard §3): M=1024, H=8192, 16 heads, dropout 0.1, 128-2048 experts; "12L"/"36L"
 count the layers of encoder and decoder together (so 6+6 and 18+18), which is what reproduces the
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from collections.abc import Mapping
 from typing import Any, Optional
 
 from ..moe.gating import KINDS, SECOND_EXPERT_POLICIES
@@ -176,33 +175,3 @@ def _replace_nested(cfg: ModelConfig, overrides: dict) -> ModelConfig:
     moe = dataclasses.replace(top_kw.pop("moe", cfg.moe), **moe_kw)
     mesh = dataclasses.replace(top_kw.pop("mesh", cfg.mesh), **mesh_kw)
     return dataclasses.replace(cfg, moe=moe, mesh=mesh, **top_kw)
-
-
-class _Presets(Mapping):
-    """The model part of every preset in gshard/presets/*.toml (the one preset system)."""
-
-    def __iter__(self):
-        from ..train.config import preset_names
-        return iter(preset_names())
-
-    def __len__(self):
-        return len(list(iter(self)))
-
-    def __getitem__(self, name: str) -> ModelConfig:
-        from ..train.config import ConfigError, load_config
-        try:
-            return load_config(name).model_config()
-        except ConfigError as e:
-            raise KeyError(name) from e
-
-
-PRESETS: Mapping[str, ModelConfig] = _Presets()
-
-
-def get_preset(name: str, **overrides) -> ModelConfig:
-    """A preset (gshard/presets/<name>.toml), with any ModelConfig / MoEConfig / MeshAxes field
-    overridden by name, e.g. get_preset("paper-12L", num_experts=512, expert="x", data="x").
-    A preset sized by its corpus gets a shared 256-piece vocabulary here."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
-    return PRESETS[name].replace(**overrides)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..annotate import annotate_p
 from ..compat import primitive
 from ..registry import rule
-from ..spmd.local import Local
+from ..spmd.shard import Local
 
 SHARDING_CONSTRAINT = primitive("sharding_constraint")
 RESHARD = primitive("reshard")  # jax.sharding.reshard; also the seed of jax.grad's cotangent

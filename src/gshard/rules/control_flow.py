@@ -14,7 +14,7 @@ from ..compat import scan_counts
 from ..registry import rule
 from ..spec import ShardingSpec
 from ..spmd.interpret import run_sub
-from ..spmd.local import Local
+from ..spmd.shard import Local
 
 
 def _same(s):

@@ -18,7 +18,7 @@ from jax.extend.core import primitives as P
 from ..registry import rule
 from ..spec import ShardingSpec
 from ..spmd.plan import reshard_cost
-from ..spmd.local import Local
+from ..spmd.shard import Local
 from . import halo
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 from jax.extend.core import primitives as P
 
-from ..spmd.local import Local
+from ..spmd.shard import Local
 from ..registry import rule
 from ..spec import ShardingSpec
 from ..spmd.plan import reshard_cost

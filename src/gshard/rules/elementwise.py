@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from ..compat import primitive
 
 from ..registry import rule
-from ..spmd.local import Local
+from ..spmd.shard import Local
 from ..spec import ShardingSpec, merge
 
 _NAMES = """add sub mul div rem pow max min neg sign floor ceil round is_finite exp exp2 log log1p

@@ -14,7 +14,7 @@ from jax.extend.core import primitives as P
 from ..compat import primitive
 from ..registry import rule
 from ..spec import ShardingSpec, merge, relocate
-from ..spmd.local import Local
+from ..spmd.shard import Local
 
 
 def _non_window(rank: int, window) -> list[int]:

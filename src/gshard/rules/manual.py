@@ -7,7 +7,7 @@ from jax.extend.core import jaxpr_as_fun, ClosedJaxpr
 from ..compat import primitive
 from ..registry import rule
 from ..spec import ShardingSpec
-from ..spmd.local import Local
+from ..spmd.shard import Local
 
 SHARD_MAP = primitive("shard_map")
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from ..compat import primitive
 from ..registry import rule
 from ..spec import ShardingSpec
-from ..spmd.local import Local
+from ..spmd.shard import Local
 from .elementwise import merge
 
 STACK, UNSTACK = primitive("stack"), primitive("unstack")

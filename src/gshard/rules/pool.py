@@ -16,7 +16,7 @@ from jax.extend.core import primitives as P
 
 from ..registry import rule
 from ..spec import ShardingSpec
-from ..spmd.local import Local
+from ..spmd.shard import Local
 from . import halo
 
 WINDOWED = [P.reduce_window_sum_p, P.reduce_window_max_p, P.reduce_window_min_p,

@@ -22,7 +22,7 @@ from jax import lax
 from ..compat import primitive
 from ..errors import GShardError
 from ..registry import rule
-from ..spmd.local import Local
+from ..spmd.shard import Local
 from .misc import part_whole, prop_none
 
 RANDOM_BITS = primitive("random_bits")

@@ -12,7 +12,7 @@ from jax.extend.core import primitives as P
 
 from ..registry import rule
 from ..spec import ShardingSpec, merge
-from ..spmd.local import Local
+from ..spmd.shard import Local
 from .indexing import _batched, _non_window
 from .misc import part_whole, prop_none
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend.core import primitives as P
 
-from ..spmd.local import Local
+from ..spmd.shard import Local
 from ..registry import rule
 from ..spec import ShardingSpec, relocate
 

@@ -16,7 +16,7 @@ from jax.extend.core import primitives as P
 
 from ..registry import rule
 from ..spec import ShardingSpec, relocate
-from ..spmd.local import Local
+from ..spmd.shard import Local
 from . import halo
 
 

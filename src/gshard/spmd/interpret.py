@@ -8,7 +8,8 @@ import jax.numpy as jnp
 from ..propagate.engine import Propagation
 from ..spec import ShardingSpec
 from ..trace.graph import Graph, Lit, Value
-from .local import Ctx, Local
+from .local import Ctx
+from .shard import Local
 from ..registry import RULES
 
 

@@ -1,8 +1,7 @@
-"""Local shards and the partitioning context handed to every partition rule."""
+"""The partitioning context handed to every partition rule (the shard type, Local: shard.py)."""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 from typing import Any
 
 import jax.numpy as jnp
@@ -11,23 +10,9 @@ from jax import lax
 from .. import collectives as coll
 from ..mesh import MeshInfo
 from ..spec import ShardingSpec
-
-
-@dataclass(frozen=True)
-class Local:
-    """This device's shard of a program value: `val` has spec.local_shape(shape)."""
-    val: Any
-    spec: ShardingSpec
-    shape: tuple[int, ...]
-    origin: str = field(default="", compare=False)  # where a partial sum was produced
-
-    @property
-    def dtype(self):
-        return self.val.dtype
-
-    @property
-    def rank(self) -> int:
-        return len(self.shape)
+from .plan import reshard_cost
+from .reshard import reshard
+from .shard import Local
 
 
 class Ctx:
@@ -41,6 +26,7 @@ class Ctx:
         self._memo: dict = {}  # (id(Local), spec) -> (Local, resharded Local): one reshard per value
         self._fed: dict = {}   # id(eqn) -> partial axes of the operands its rule was given
         self._made: dict = {}  # id(eqn) -> partial axes its rule created (contracted splits)
+        self._masks: dict = {}  # (local shape, ((dim, n, axes), ...)) -> bool mask: built once
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -48,12 +34,13 @@ class Ctx:
 
     @contextlib.contextmanager
     def scope(self):
-        """A fresh reshard memo for a loop or branch body (its values live in an inner trace)."""
-        saved, self._memo = self._memo, {}
+        """A fresh reshard memo and mask cache for a loop or branch body (its values live in an
+        inner trace: an outer trace's value must not leak into it)."""
+        saved, self._memo, self._masks = (self._memo, self._masks), {}, {}
         try:
             yield self
         finally:
-            self._memo = saved
+            self._memo, self._masks = saved
 
     def at(self, eqn):
         self.eqn = eqn
@@ -75,7 +62,6 @@ class Ctx:
         return self._fed.get(id(eqn), set()) | self._made.get(id(eqn), set())
 
     def reshard(self, x: Local, spec: ShardingSpec, reason: str = "") -> Local:
-        from .reshard import reshard
         if set(spec.partial) & set(spec.used_axes()):  # a split axis cannot stay unreduced
             spec = spec.with_partial(tuple(a for a in spec.partial if a not in spec.used_axes()))
         self._fed.setdefault(id(self.eqn), set()).update(spec.partial)
@@ -89,7 +75,6 @@ class Ctx:
     def cost(self, x: Local, spec: ShardingSpec) -> float:
         """Bytes resharding x to spec would move per device: 0 when that reshard is already done
         (a forward pass's gather reused by the backward)."""
-        from .plan import reshard_cost
         if x.spec == spec or (id(x), spec) in self._memo:
             return 0.0
         return reshard_cost(x.spec, spec, x.shape, jnp.dtype(x.dtype).itemsize, self.sizes)
@@ -123,17 +108,29 @@ class Ctx:
         return coll.collective_permute(self.rec, val, order, perm, why)
 
     def valid_mask(self, x: Local, dims) -> Any:
-        """Bool array of x's local shape: False at padding positions of the uneven `dims`."""
-        mask = None
-        local = x.val.shape
-        for d in dims:
-            n, axes = x.shape[d], x.spec.dims[d]
-            if not axes or n % x.spec.tiles(d, self.sizes) == 0:
-                continue
+        """Bool array of x's local shape: False at padding positions of the uneven `dims`. Built
+        once per (local shape, uneven dims and their axes) in this program body, shared by every
+        consumer (one iota / compare chain, not one per rule)."""
+        local = tuple(x.val.shape)
+        parts = tuple((d, x.shape[d], tuple(x.spec.dims[d])) for d in dims
+                      if x.spec.dims[d] and x.shape[d] % x.spec.tiles(d, self.sizes))
+        if not parts:
+            return None
+        key = (local, parts)
+        if key not in self._masks:
+            mask = self._dim_mask(local, *parts[0])
+            for p in parts[1:]:
+                mask = mask & self._dim_mask(local, *p)
+            self._masks[key] = mask
+        return self._masks[key]
+
+    def _dim_mask(self, local, d: int, n: int, axes):
+        """Positions of dim `d` (global length n, split over `axes`) that hold real data."""
+        key = (local, ((d, n, axes),))
+        if key not in self._masks:
             pos = lax.broadcasted_iota(jnp.int32, local, d) + self.shard_index(axes) * local[d]
-            m = pos < n
-            mask = m if mask is None else (mask & m)
-        return mask
+            self._masks[key] = pos < n
+        return self._masks[key]
 
     def masked(self, x: Local, dims, fill) -> Local:
         mask = self.valid_mask(x, dims)
@@ -152,7 +149,3 @@ def _reindex(i: int, axes, order, sizes) -> int:
         out = out * sizes[a] + coords[a]
     return out
 
-
-def uneven(x: Local, sizes, dims=None) -> tuple[int, ...]:
-    dims = range(x.rank) if dims is None else dims
-    return tuple(d for d in dims if x.spec.dims[d] and x.shape[d] % x.spec.tiles(d, sizes))

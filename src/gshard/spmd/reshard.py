@@ -11,18 +11,20 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..spec import ShardingSpec
-from .local import Ctx, Local
+from .shard import Local
 from .plan import Step, plan
 
 
-def reshard(ctx: Ctx, x: Local, dst: ShardingSpec, reason: str = "") -> Local:
+def reshard(ctx, x: Local, dst: ShardingSpec, reason: str = "") -> Local:
+    """x resharded to `dst` through `ctx` (the rule context, spmd.local.Ctx): its collectives,
+    mesh sizes and shard index."""
     why = reason or f"{x.spec} -> {dst}"
     for step in plan(x.spec, dst, x.shape, ctx.sizes):
         x = execute(ctx, x, step, why)
     return x
 
 
-def execute(ctx: Ctx, x: Local, step: Step, why: str) -> Local:
+def execute(ctx, x: Local, step: Step, why: str) -> Local:
     assert x.spec == step.before, (x.spec, step.before)
     val = _RUN[step.kind](ctx, x, step, why)
     want = step.after.local_shape(x.shape, ctx.sizes)
