@@ -105,5 +105,29 @@ def main(argv=None) -> int:
     return args.func(args)
 
 
+
+def ensure_data(cfg, log=print) -> Path:
+    """The prepared corpus at cfg.data.dir, preparing it (quick or capped full) when missing."""
+    from gshard.data import Corpus
+
+    root = Path(cfg.data.dir)
+    try:
+        Corpus.load(root)
+        log(f"[1/4] data: using the prepared corpus in {root}")
+        return root
+    except (FileNotFoundError, RuntimeError):
+        pass
+    if cfg.data.prepare == "none":
+        raise FileNotFoundError(f"no corpus in {root} and data.prepare=none")
+    argv = ["prepare", "--data-dir", str(root), "--max-pairs-per-lang", str(cfg.data.max_pairs_per_lang)]
+    argv += ["--quick"] if cfg.data.prepare == "quick" else []
+    log(f"[1/4] data: gshard data {' '.join(argv)}")
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    if run(parser.parse_args(["data", *argv])):
+        raise RuntimeError("data preparation failed")
+    return root
+
+
 if __name__ == "__main__":
     sys.exit(main())

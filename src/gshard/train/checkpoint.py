@@ -121,15 +121,27 @@ def load(workdir, step: int, target) -> tuple[Any, dict]:
         got = _manager(workdir).restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001  (tensorstore / zarr / json errors of many kinds)
-        raise CheckpointError(f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+        close(workdir)      # a failed restore leaves the manager's threads mid-flight
+        raise CheckpointError(_reason(e)) from None
     if [np.shape(x) for x in jax.tree_util.tree_leaves(got["state"])] != want:
         raise CheckpointError("its arrays do not fit this model/optimizer (config changed?)")
     return got["state"], dict(got["meta"] or {})
 
 
+def _reason(e: Exception) -> str:
+    """Why a checkpoint did not read, in one short line (never a TensorStore spec repr)."""
+    text = str(e)
+    if isinstance(e, FileNotFoundError) or "NOT_FOUND" in text or "not found" in text.lower():
+        return "a file of it is missing"
+    if isinstance(e, (ValueError, KeyError)) and "{" not in text and len(text) < 200:
+        return f"it does not read: {text.splitlines()[0] if text else type(e).__name__}"
+    return "its files are truncated or corrupt"
+
+
 def restore_latest(workdir, target, *, log=None) -> Restored | None:
-    """The newest checkpoint that restores, or None when there is none; each one skipped is
-    reported through `log` (default: stderr)."""
+    """The newest checkpoint that restores, or None when the workdir has none. Each one skipped
+    is reported through `log` (default: stderr); CheckpointError when there are checkpoints but
+    none of them restores."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     _check_not_old(workdir)
     skipped = []
@@ -143,7 +155,8 @@ def restore_latest(workdir, target, *, log=None) -> Restored | None:
             continue
         return Restored(step, state, path, skipped, extra)
     if skipped:
-        log("warning: no usable checkpoint left; starting from scratch")
+        raise CheckpointError(f"no checkpoint in {ckpt_dir(workdir)} restores (" + "; ".join(
+            f"{p.name}: {why}" for p, why in skipped) + ")")
     return None
 
 
