@@ -77,7 +77,17 @@ def save(workdir, step: int, state, *, keep: int = 2, extra: dict | None = None)
     mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                            meta=ocp.args.JsonSave({"step": step, **(extra or {})})),
              force=True)
+    _test_kill_in_save(step)
     return step_path(workdir, step)
+
+
+def _test_kill_in_save(step: int):
+    """Tests only. GSHARD_TEST_SIGKILL_IN_SAVE="STEP": SIGKILL right after checkpoint STEP's
+    asynchronous write has started (the arrays half on disk)."""
+    import os
+    if os.environ.get("GSHARD_TEST_SIGKILL_IN_SAVE") == str(step):
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def wait(workdir=None):
