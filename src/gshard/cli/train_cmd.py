@@ -52,8 +52,9 @@ def config_from_args(args, extra=()):
         ov.append(f"train.steps={args.steps}")
     data_dir = args.data_dir
     named = any(o.startswith("data.dir=") for o in args.overrides)
-    if not data_dir and not named and not getattr(args, "restart", False) and args.workdir:
-        data_dir = recorded_data_dir(args.workdir)
+    workdir = getattr(args, "workdir", None)
+    if not data_dir and not named and not getattr(args, "restart", False) and workdir:
+        data_dir = recorded_data_dir(workdir)
     if data_dir:
         ov.append(f"data.dir={json.dumps(str(data_dir))}")
     return load_config(args.preset, ov + list(args.overrides))
