@@ -99,3 +99,28 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"gshard {__version__}"
+
+
+def test_data_prepare_help_says_what_quick_does(capsys):
+    from gshard.data.fetch import QUICK_DDTP_CODES
+    from gshard.data.pipeline import QUICK_TRAIN_CAP, quick_config, PrepareConfig
+    with pytest.raises(SystemExit):
+        main(["data", "prepare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    cfg = quick_config(PrepareConfig(data_dir="x"))
+    assert cfg.split.train_cap == QUICK_TRAIN_CAP
+    assert f"at most {QUICK_TRAIN_CAP:,} train pairs per language" in text and "2k" not in text
+    assert f"{len(QUICK_DDTP_CODES) - 1} DDTP languages" in text and "200 MB" in text
+
+
+def test_docs_are_written_for_users():
+    import re
+    from pathlib import Path
+    root = Path(__file__).parents[1]
+    bad = re.compile(r"\bissues? \d+|\bsessions?\b|\bengineer|\bDESIGN\b|was lent|this task",
+                     re.IGNORECASE)
+    hits = [f"{p.name}:{i}: {line.strip()}" for p in sorted((root / "docs").glob("*.md"))
+            for i, line in enumerate(p.read_text().splitlines(), 1) if bad.search(line)]
+    assert not hits, "\n".join(hits)
+    readme = (root / "README.md").read_text()
+    assert "200 MB" in readme and "--restart" in readme
