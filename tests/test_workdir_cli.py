@@ -110,7 +110,7 @@ def test_no_good_checkpoint_left_stops_train_and_eval(reference_run, corpus_dir,
     assert "nothing was trained" in line and "{" not in line
     assert ckpt.list_steps(w) == steps and (w / "metrics.jsonl").read_bytes() == metrics
     assert main(["eval", "--workdir", str(w), "--no-plots"]) == 2
-    one_line_error(capsys.readouterr().err, "no checkpoint", str(ckpt.ckpt_dir(w)))
+    one_line_error(capsys.readouterr().err, "no checkpoint", str(ckpt.ckpt_dir(w)), "--restart")
     assert train(w, corpus_dir, 2, "--restart") == 0      # the one way to start over
     assert ckpt.list_steps(w) == [2] and sorted(losses(w)) == [1, 2]
     assert losses(w) == {s: v for s, v in losses(reference_run).items() if s <= 2}
@@ -163,3 +163,11 @@ def test_translate_answers_each_line_as_it_arrives(reference_run, tmp_path):
 def test_translate_refuses_a_beam_below_one(beam, capsys):
     assert main(["translate", "--workdir", "nowhere", "--beam", beam]) == 2
     one_line_error(capsys.readouterr().err, "--beam must be at least 1")
+
+
+def test_gshard_run_checks_the_config_before_preparing_data(tmp_path, no_download, capsys):
+    new, data = tmp_path / "new", tmp_path / "no_corpus_yet"
+    assert main(["run", "--preset", "tiny", "--workdir", str(new), "--data-dir", str(data),
+                 "moe.num_experts=4"]) == 2
+    one_line_error(capsys.readouterr().err, "moe.num_experts=4")
+    assert not new.exists() and not data.exists()

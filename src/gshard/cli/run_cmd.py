@@ -51,10 +51,11 @@ def main_job(args) -> int:
     from gshard.cli.train_cmd import config_from_args
     from gshard.evaluate.evaluator import evaluate, format_examples, format_table
     from gshard.evaluate.plots import eval_plots, training_plots
-    from gshard.train.loop import train
+    from gshard.train.loop import check_run, train
 
     t0 = time.perf_counter()
     cfg = config_from_args(args, extra=_minutes(args))
+    check_run(cfg, args.workdir, args.mesh)     # before anything is downloaded or written
     ensure_data(cfg)
     t_data = time.perf_counter() - t0
     print(f"[2/4] train: preset {args.preset} -> {args.workdir}")

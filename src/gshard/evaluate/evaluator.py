@@ -96,7 +96,11 @@ def load_model(workdir, overrides=()) -> Model:
     corpus = Corpus.load(cfg.data.dir)
     mc = model_config(cfg, corpus, None)
     template = init_state(mc, make_optimizer(cfg), cfg.train.seed)
-    got = ckpt.restore_latest(workdir, template)
+    try:
+        got = ckpt.restore_latest(workdir, template)
+    except ckpt.CheckpointError as e:
+        raise ckpt.CheckpointError(f"{e}; restore them, or train anew with: gshard train "
+                                   f"--workdir {workdir} --restart") from None
     if got is None:
         raise FileNotFoundError(f"no usable checkpoint in {Path(workdir) / 'checkpoints'}")
     return Model(cfg, corpus, mc, got.state[0], got.step)
