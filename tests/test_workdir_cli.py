@@ -99,15 +99,19 @@ def _tear(w: Path):
                 f.write_bytes(f.read_bytes()[:7])
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # asyncio noise
 def test_no_good_checkpoint_left_stops_train_and_eval(reference_run, corpus_dir, tmp_path, capsys):
     w = copy_run(reference_run, tmp_path / "w")
     _tear(w)
     steps, metrics = ckpt.list_steps(w), (w / "metrics.jsonl").read_bytes()
     assert len(steps) == 2
+    (ckpt.step_path(w, steps[0]) / "state" / "_METADATA").unlink()
     assert train(w, corpus_dir, 8) == 2                   # never retrains silently
     err = capsys.readouterr().err
     line = one_line_error(err, "--restart", *(f"step_{s:08d}" for s in steps))
     assert "nothing was trained" in line and "{" not in line
+    assert f"step_{steps[0]:08d}: missing state/_METADATA" in line
+    assert f"step_{steps[1]:08d}: its files are truncated or corrupt" in line
     assert ckpt.list_steps(w) == steps and (w / "metrics.jsonl").read_bytes() == metrics
     assert main(["eval", "--workdir", str(w), "--no-plots"]) == 2
     one_line_error(capsys.readouterr().err, "no checkpoint", str(ckpt.ckpt_dir(w)), "--restart")

@@ -132,14 +132,37 @@ def load(workdir, step: int, target) -> tuple[Any, dict]:
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001  (tensorstore / zarr / json errors of many kinds)
         close(workdir)      # a failed restore leaves the manager's threads mid-flight
-        raise CheckpointError(_reason(e)) from None
+        _quiet_abandoned_reads()
+        raise CheckpointError(_reason(e, path)) from None
     if [np.shape(x) for x in jax.tree_util.tree_leaves(got["state"])] != want:
         raise CheckpointError("its arrays do not fit this model/optimizer (config changed?)")
     return got["state"], dict(got["meta"] or {})
 
 
-def _reason(e: Exception) -> str:
+def _quiet_abandoned_reads():
+    """A failed restore leaves TensorStore reads in flight whose callbacks later hit orbax's closed
+    asyncio loop ("Event loop is closed", printed as an ignored exception); the checkpoint is
+    already reported unusable, so that one message is dropped (every other one still prints)."""
+    prev = sys.unraisablehook
+    if getattr(prev, "_gshard_quiet", False):
+        return
+
+    def hook(u):
+        if isinstance(u.exc_value, RuntimeError) and "Event loop is closed" in str(u.exc_value):
+            return
+        prev(u)
+    hook._gshard_quiet = True
+    sys.unraisablehook = hook
+
+
+REQUIRED = ("_CHECKPOINT_METADATA", "state/_METADATA")     # what every orbax step holds
+
+
+def _reason(e: Exception, path: Path) -> str:
     """Why a checkpoint did not read, in one short line (never a TensorStore spec repr)."""
+    missing = [name for name in REQUIRED if not (path / name).exists()]
+    if missing:
+        return f"missing {', '.join(missing)}"
     text = str(e)
     if isinstance(e, FileNotFoundError) or "NOT_FOUND" in text or "not found" in text.lower():
         return "a file of it is missing"
