@@ -127,12 +127,12 @@ def load(workdir, step: int, target) -> tuple[Any, dict]:
     if (path / OLD_ARRAYS).exists():
         raise CheckpointError(_old_message(workdir))
     want = [np.shape(x) for x in jax.tree_util.tree_leaves(target)]
+    _quiet_abandoned_reads()
     try:
         got = _manager(workdir).restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001  (tensorstore / zarr / json errors of many kinds)
         close(workdir)      # a failed restore leaves the manager's threads mid-flight
-        _quiet_abandoned_reads()
         raise CheckpointError(_reason(e, path)) from None
     if [np.shape(x) for x in jax.tree_util.tree_leaves(got["state"])] != want:
         raise CheckpointError("its arrays do not fit this model/optimizer (config changed?)")
@@ -140,9 +140,10 @@ def load(workdir, step: int, target) -> tuple[Any, dict]:
 
 
 def _quiet_abandoned_reads():
-    """A failed restore leaves TensorStore reads in flight whose callbacks later hit orbax's closed
-    asyncio loop ("Event loop is closed", printed as an ignored exception); the checkpoint is
-    already reported unusable, so that one message is dropped (every other one still prints)."""
+    """A failed restore leaves TensorStore reads in flight whose callbacks then hit orbax's closed
+    asyncio loop ("Event loop is closed", printed as an ignored exception, sometimes while the
+    restore is still failing); the checkpoint is reported unusable by us, so that one message is
+    dropped (every other ignored exception still prints)."""
     prev = sys.unraisablehook
     if getattr(prev, "_gshard_quiet", False):
         return
