@@ -130,21 +130,36 @@ def _paired(by: dict, a: str, b: str) -> list:
     return [(r, seeds[r["seed"]]) for r in by.get(a, []) if r["seed"] in seeds]
 
 
-def _plot(by: dict, path: Path):
+def claims_figure(by: dict):
+    """Per configuration: each seed's dev loss and high+mid chrF (dots) and their mean (bar)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = [n for n in CONFIGS if n in by]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
-    for ax, key, label in ((axes[0], lambda r: r["dev_loss"], "dev cross-entropy"),
-                           (axes[1], lambda r: r["high_mid"]["chrf"], "high+mid chrF (greedy)")):
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    panels = ((axes[0], lambda r: r["dev_loss"], "dev cross-entropy (nats/token)",
+               "held-out loss (lower is better)"),
+              (axes[1], lambda r: r["high_mid"]["chrf"], "chrF, high+mid tiers (greedy)",
+               "translation quality (higher is better)"))
+    for ax, key, ylabel, title in panels:
         for i, n in enumerate(names):
             ys = [key(r) for r in by[n]]
-            ax.scatter([i] * len(ys), ys)
-            ax.errorbar([i], [sum(ys) / len(ys)], fmt="k_", markersize=20)
-        ax.set_xticks(range(len(names)), names)
-        ax.set_title(label)
+            ax.scatter([i] * len(ys), ys, color="tab:blue", s=16,
+                       label="one seed" if i == 0 else None)
+            ax.errorbar([i], [sum(ys) / len(ys)], fmt="k_", markersize=20,
+                        label="mean over seeds" if i == 0 else None)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set(xlabel="configuration", ylabel=ylabel, title=title)
+        ax.grid(alpha=.3, axis="y")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("MoE vs dense at equal per-token compute, and more experts", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def _plot(by: dict, path: Path):
+    import matplotlib.pyplot as plt
+    fig = claims_figure(by)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

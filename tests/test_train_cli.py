@@ -110,6 +110,7 @@ def test_resume_continues_exactly(corpus_dir, reference_run, tmp_path, capsys):
     assert train(a, corpus_dir, 6, "model.d_model=64") == 2    # a different model: refused
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # asyncio noise
 def test_corrupt_checkpoint_falls_back_to_previous(corpus_dir, tmp_path, capsys):
     w = tmp_path / "w"
     assert train(w, corpus_dir, 6, "train.checkpoint_every=2", "train.keep_checkpoints=3") == 0

@@ -132,16 +132,17 @@ def draw(ax, name, spec, shape, dtype, mesh_names, mesh_shape, device_ids=None):
     row_keys = sorted({tuple(t.index[d] for d in rows_d) for t in tiles})
     col_keys = sorted({tuple(t.index[d] for d in cols_d) for t in tiles})
     cmap = matplotlib.colormaps["tab20"]
+    w_pt, h_pt = _cell_points(ax, len(col_keys), len(row_keys))
+    per_line = 4 if w_pt > 90 else 2 if w_pt > 45 else 1
     for i, t in enumerate(tiles):
         r = row_keys.index(tuple(t.index[d] for d in rows_d))
         c = col_keys.index(tuple(t.index[d] for d in cols_d))
         ax.add_patch(Rectangle((c, r), 1, 1, facecolor=cmap(i % 20), edgecolor="black"))
-        devs = [_device_name(p, device_ids) for p in t.devices]
-        lab = "\n".join(",".join(devs[j:j + 4]) for j in range(0, min(len(devs), 16), 4))
-        if len(devs) > 16:
-            lab += f"\n(+{len(devs) - 16})"
-        rng = " ".join(f"{a}:{b}" for a, b in t.ranges)
-        ax.text(c + 0.5, r + 0.5, f"[{rng}]\n{lab}", ha="center", va="center", fontsize=7)
+        text = _tile_label(t, [_device_name(p, device_ids) for p in t.devices], per_line)
+        if h_pt < 24:                                   # a flat tile: one line
+            text = "  ".join(text.splitlines())
+        ax.text(c + 0.5, r + 0.5, text, ha="center", va="center",
+                fontsize=_fit_font(text, w_pt, h_pt))
     ax.set_xlim(0, len(col_keys))
     ax.set_ylim(len(row_keys), 0)
     ax.set_xticks([])
@@ -151,8 +152,41 @@ def draw(ax, name, spec, shape, dtype, mesh_names, mesh_shape, device_ids=None):
     ax.set_title(f"{name}: {dtype}{list(shape)}\n{spec}", fontsize=9)
 
 
-def save_png(path, items, mesh_names, mesh_shape, device_ids=None) -> None:
-    """``items``: (name, spec, shape, dtype) tuples, one panel each."""
+def _grid_size(item, mesh_names, mesh_shape) -> tuple[int, int]:
+    """(rows, columns) of tiles in the picture of `item`."""
+    _, spec, shape, _ = item
+    rows_d, cols_d = _grid_dims(spec, len(shape))
+    tiles = device_tiles(spec, shape, mesh_names, mesh_shape)
+    return (len({tuple(t.index[d] for d in rows_d) for t in tiles}),
+            len({tuple(t.index[d] for d in cols_d) for t in tiles}))
+
+
+def _cell_points(ax, cols: int, rows: int) -> tuple[float, float]:
+    """Width and height of one tile's cell, in points."""
+    fig, box = ax.figure, ax.get_position()
+    w, h = fig.get_size_inches()
+    return box.width * w * 72 / max(cols, 1), box.height * h * 72 / max(rows, 1)
+
+
+def _tile_label(t, devs: list[str], per_line: int) -> str:
+    """Index ranges (one dim per line when narrow) and devices, `per_line` to a line."""
+    keep = 16 if per_line >= 4 else 4 * per_line
+    lab = "\n".join(",".join(devs[j:j + per_line]) for j in range(0, min(len(devs), keep), per_line))
+    if len(devs) > keep:
+        lab += f"\n(+{len(devs) - keep})"
+    sep = " " if per_line >= 2 else "\n"
+    return "[" + sep.join(f"{a}:{b}" for a, b in t.ranges) + "]\n" + lab
+
+
+def _fit_font(text: str, w_pt: float, h_pt: float) -> float:
+    """The largest font size up to 7 at which `text` fits its cell (not below 3)."""
+    lines = text.splitlines()
+    longest = max(len(x) for x in lines)
+    return max(3.0, min(7.0, 0.9 * w_pt / (0.62 * longest), 0.9 * h_pt / (1.25 * len(lines))))
+
+
+def png_figure(items, mesh_names, mesh_shape, device_ids=None):
+    """The sharding pictures of ``items`` ((name, spec, shape, dtype) tuples), one panel each."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -160,7 +194,10 @@ def save_png(path, items, mesh_names, mesh_shape, device_ids=None) -> None:
     n = max(1, len(items))
     cols = min(n, 3)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+    grids = [_grid_size(it, mesh_names, mesh_shape) for it in items] or [(1, 1)]
+    panel_w = min(max(5.0, 0.75 * max(c for _, c in grids)), 12.0)   # narrow tiles: wider
+    panel_h = min(max(4.0, 0.3 * max(r for r, _ in grids)), 10.0)    # flat tiles: taller
+    fig, axes = plt.subplots(rows, cols, figsize=(panel_w * cols, panel_h * rows), squeeze=False)
     for ax, item in itertools.zip_longest(axes.flat, items):
         if item is None:
             ax.axis("off")
@@ -169,6 +206,13 @@ def save_png(path, items, mesh_names, mesh_shape, device_ids=None) -> None:
     mesh = " ".join(f"{a}={s}" for a, s in zip(mesh_names, mesh_shape))
     fig.suptitle(f"which device holds which tile (mesh {mesh})")
     fig.tight_layout()
+    return fig
+
+
+def save_png(path, items, mesh_names, mesh_shape, device_ids=None) -> None:
+    """``items``: (name, spec, shape, dtype) tuples, one panel each."""
+    import matplotlib.pyplot as plt
+    fig = png_figure(items, mesh_names, mesh_shape, device_ids)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

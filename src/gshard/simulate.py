@@ -1,4 +1,4 @@
-"""Simulate the paper's scaling study (GShard §5, Fig. 6 / DESIGN §8) without devices.
+"""Simulate the paper's scaling study (GShard §5, Fig. 6) without devices.
 
 For each device count D: experts E = D (one expert per device), the paper's 1-D mesh
 (``MeshAxes(data="x", expert="x")`` on ``AbstractMesh((D,), ("x",))``), G = D MoE groups (one
@@ -20,10 +20,9 @@ Two modes:
 Deviations from the paper's run, each forced or harmless:
 
 * the loss is token cross-entropy written with a one-hot product instead of
-  ``take_along_axis`` (identical value); the gradient of ``take_along_axis`` is a scatter-add
-  into a zeros ``[B, L, V]`` buffer that propagation leaves replicated (no backward rule from
-  scatter to its operand), i.e. O(D) memory and time per device -- a partitioner gap, reported
-  as such (``step="library"`` uses :func:`gshard.train.step.make_train_step` as is and shows it);
+  ``take_along_axis`` (identical value); ``step="library"`` uses
+  :func:`gshard.train.step.make_train_step` as is (its scatter-add gradient is split along the
+  batch like the rest: per-device memory stays flat in D, docs/simulation.md);
 * the paper's dropout 0.1 and random second-expert policy by default (random numbers are
   drawn per shard: each device computes only its own counters, so they stay O(1) per device);
 * expert capacity C = max(1, round(2 S / E)), the paper's ``2N/E`` without the reference
@@ -40,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AbstractMesh
 
-PAPER = {  # GShard §5 / Fig. 6 / Table 3 (DESIGN §8)
+PAPER = {  # GShard §5 / Fig. 6 / Table 3
     "step_time_ratio_128_2048": 1.7,
     "alltoall_share": {128: 0.16, 2048: 0.36},
     "alltoall_ratio_128_2048": 3.75,

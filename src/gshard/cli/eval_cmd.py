@@ -17,6 +17,7 @@ def add_parser(sub):
 
 def run(args) -> int:
     from gshard.evaluate.evaluator import evaluate, format_table
+    from gshard.train.checkpoint import CheckpointError, close_all
     from gshard.train.config import ConfigError
 
     bad = [o for o in args.overrides if not o.startswith("eval.")]
@@ -25,7 +26,8 @@ def run(args) -> int:
         return 2
     try:
         ev = evaluate(args.workdir, args.overrides)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, CheckpointError) as e:
+        close_all()
         print(f"gshard eval: error: {e}", file=sys.stderr)
         return 2
     print(format_table(ev))

@@ -43,33 +43,94 @@ def build_mesh(text: str):
     return AbstractMesh(shape, names, axis_types=auto)
 
 
-def parse_args_spec(text: str) -> list:
-    """``"f32[8,16] i32[4] f32[]"`` -> ShapeDtypeStructs."""
+def _shape_struct(tok: str):
+    """``"f32[8,16]"`` -> ShapeDtypeStruct."""
     import jax
     import jax.numpy as jnp
 
-    out = []
-    for tok in re.findall(r"[A-Za-z0-9]+\[[^\]]*\]|\S+", text or ""):
-        m = _ARG.match(tok)
-        if not m:
-            raise SpecError(f"argument {tok!r} is not DTYPE[d0,d1,...] (e.g. f32[8,16], i32[], "
-                            f"bf16[4,4])")
-        dt, dims = m.groups()
-        if dt not in DTYPES and dt not in DTYPES.values():
-            raise SpecError(f"unknown dtype {dt!r} in {tok!r}; use one of {sorted(DTYPES)}")
-        shape = tuple(int(d) for d in dims.replace(" ", "").split(",") if d)
-        out.append(jax.ShapeDtypeStruct(shape, jnp.dtype(DTYPES.get(dt, dt))))
-    return out
+    m = _ARG.match(tok.strip()) if isinstance(tok, str) else None
+    if not m:
+        raise SpecError(f"--args: {tok!r} is not DTYPE[d0,d1,...] (e.g. f32[8,16], i32[], "
+                        f"bf16[4,4])")
+    dt, dims = m.groups()
+    if dt not in DTYPES and dt not in DTYPES.values():
+        raise SpecError(f"--args: unknown dtype {dt!r} in {tok!r}; use one of {sorted(DTYPES)}")
+    shape = tuple(int(d) for d in dims.replace(" ", "").split(",") if d)
+    return jax.ShapeDtypeStruct(shape, jnp.dtype(DTYPES.get(dt, dt)))
 
 
-def load_function(target: str):
+def parse_args_spec(text: str) -> list:
+    """``"f32[8,16] i32[4] f32[]"`` -> ShapeDtypeStructs; a JSON list is one pytree per argument
+    (``'[{"w": "f32[16,32]", "b": "f32[32]"}, "f32[8,16]"]'``: dicts and lists of shapes)."""
+    import json
+
+    text = (text or "").strip()
+    if text.startswith(("[", "{")):
+        try:
+            tree = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"--args is not valid JSON ({e.msg} at column {e.colno}); e.g. "
+                            f"'[{{\"w\": \"f32[16,32]\"}}, \"f32[8,16]\"]'") from None
+        return [_tree(a) for a in (tree if isinstance(tree, list) else [tree])]
+    return [_shape_struct(tok) for tok in re.findall(r"[A-Za-z0-9]+\[[^\]]*\]|\S+", text)]
+
+
+def _tree(node):
+    if isinstance(node, dict):
+        return {k: _tree(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_tree(v) for v in node]
+    return _shape_struct(node)
+
+
+def args_from(target: str) -> list:
+    """--args-from MODULE:FUNCTION: that function's return value (a tuple of the arguments, each
+    a pytree of arrays or ShapeDtypeStructs), as ShapeDtypeStructs."""
+    import jax
+    import numpy as np
+
+    got = load_function(target, "--args-from")()
+    if not isinstance(got, (tuple, list)):
+        raise SpecError(f"--args-from {target} must return a tuple of the arguments, got "
+                        f"{type(got).__name__}")
+    return [jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), a)
+            for a in got]
+
+
+def load_function(target: str, what: str = "MODULE:FUNCTION"):
+    """The function `target` names, importing from the current directory first (as python -m
+    does)."""
+    import os
     if ":" not in target:
-        raise SpecError(f"{target!r} is not MODULE:FUNCTION (e.g. mypkg.model:step)")
+        raise SpecError(f"{what} {target!r} is not MODULE:FUNCTION (e.g. mypkg.model:step)")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     mod, _, attr = target.partition(":")
-    obj = importlib.import_module(mod)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
+    try:
+        obj = importlib.import_module(mod)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except ImportError as e:
+        raise SpecError(f"{what} {target!r}: cannot import {mod!r} ({e}); run from the directory "
+                        f"that holds it or add it to PYTHONPATH") from None
+    except AttributeError:
+        raise SpecError(f"{what} {target!r}: module {mod!r} has no {attr!r}") from None
     return obj
+
+
+def check_arity(fn, fargs, target: str):
+    """The function takes this many positional arguments, or a one-line error naming them."""
+    import inspect
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(*fargs)
+    except TypeError:
+        raise SpecError(f"--args gives {len(fargs)} argument(s) but {target} takes "
+                        f"({', '.join(sig.parameters)}); give one shape per argument, e.g. "
+                        f"--args \"f32[8,16] f32[16,32]\"") from None
 
 
 def _arg_names(fn, args) -> list[str]:
@@ -143,7 +204,10 @@ def add_parser(sub):
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", nargs="?", help="MODULE:FUNCTION (omit with --preset)")
     p.add_argument("--mesh", required=True, help="axis sizes, e.g. data=2,model=4")
-    p.add_argument("--args", default="", help='input shapes, e.g. "f32[8,16] f32[16,32]"')
+    p.add_argument("--args", default="", help='input shapes, e.g. "f32[8,16] f32[16,32]", or a '
+                   'JSON list with one pytree per argument: \'[{"w": "f32[16,32]"}, "f32[8,16]"]\'')
+    p.add_argument("--args-from", metavar="MODULE:FUNCTION",
+                   help="a function returning the tuple of example arguments (pytrees of arrays)")
     p.add_argument("--preset", help="explain the MoE Transformer train step of this preset "
                                     "(tiny, small, paper-12L, paper-36L)")
     p.add_argument("--show", action="append", default=[],
@@ -163,8 +227,27 @@ def _problem(args, mesh):
     if not args.target:
         raise SpecError("give MODULE:FUNCTION (or --preset NAME)")
     fn = load_function(args.target)
-    fargs = parse_args_spec(args.args)
+    if args.args_from and args.args:
+        raise SpecError("give --args or --args-from, not both")
+    fargs = args_from(args.args_from) if args.args_from else parse_args_spec(args.args)
+    check_arity(fn, fargs, args.target)
     return fn, fargs, _arg_names(fn, fargs)
+
+
+def check_show(keys, names):
+    """--show keys checked before anything is lowered: in[i] / i within the inputs, an argument
+    name (or a part of one), or out[i] / #k (checked once the program exists)."""
+    for key in keys:
+        m = re.fullmatch(r"in\[(\d+)\]|(\d+)", key)
+        if m:
+            i = int(m.group(1) or m.group(2))
+            if i >= len(names):
+                raise SpecError(f"--show {key}: there are {len(names)} inputs (in[0]..in"
+                                f"[{len(names) - 1}])")
+        elif not re.fullmatch(r"out\[\d+\]|#\d+", key) and not any(key in n for n in names):
+            raise SpecError(f"--show: no value named {key!r}; use in[i], out[i], #k or an "
+                            f"argument name" + (f" such as {names[0]!r}" if names else ""))
+
 
 
 def run(args) -> int:
@@ -172,36 +255,42 @@ def run(args) -> int:
     from gshard.explain import explain
 
     try:
+        if args.png and not args.show:
+            raise SpecError("--png needs at least one --show VALUE")
         mesh = build_mesh(args.mesh)
         fn, fargs, names = _problem(args, mesh)
+        check_show(args.show, names)
     except (SpecError, ImportError, AttributeError, ValueError) as e:
         print(f"gshard explain: error: {e}", file=sys.stderr)
         return 2
     low = gshard.partition(fn, mesh).lower(*fargs)
+    items = _items(args.show, low, names)
+    if items is None:
+        return 2
     kind = "abstract (shapes only)" if low.mesh.is_abstract else "real devices"
     print(f"# {args.preset or args.target} on mesh {args.mesh} [{kind}]")
     print(explain(low, values=not args.no_values, arg_names=names))
-    return _pictures(args, low, names)
+    return _pictures(args, low, items)
 
 
-def _pictures(args, low, names) -> int:
+def _items(keys, low, names):
+    """The --show pictures' data, or None after a one-line error (before any output)."""
+    from gshard import picture
+    try:
+        return [picture.picture_of(low, key, names) for key in keys]
+    except KeyError as e:
+        print(f"gshard explain: error: --show: {e.args[0]}", file=sys.stderr)
+        return None
+
+
+def _pictures(args, low, items) -> int:
     """The --show text grids and the --png file."""
     from gshard import picture
-    items = []
-    for key in args.show:
-        try:
-            items.append(picture.picture_of(low, key, names))
-        except KeyError as e:
-            print(f"gshard explain: error: {e.args[0]}", file=sys.stderr)
-            return 2
     ids = picture.device_ids_of(low)
     for it in items:
         print()
         print(picture.text_grid(*it, low.mesh.names, low.mesh.shape, ids))
     if args.png:
-        if not items:
-            print("gshard explain: error: --png needs at least one --show", file=sys.stderr)
-            return 2
         picture.save_png(args.png, items, low.mesh.names, low.mesh.shape, ids)
         print(f"\nwrote {args.png}")
     return 0

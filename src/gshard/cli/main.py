@@ -28,8 +28,17 @@ def _ensure_devices(n: int = 8):
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line naming the argument and where the fix is, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gshard", description=__doc__)
+    from gshard import __version__
+    parser = OneLineParser(prog="gshard", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"gshard {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, mod in SUBCOMMANDS.items():
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 
 def add_parser(sub):
@@ -32,30 +31,6 @@ def add_parser(sub):
     return p
 
 
-def ensure_data(cfg, log=print) -> Path:
-    """The prepared corpus at cfg.data.dir, preparing it (quick or capped full) when missing."""
-    from gshard.cli import data_cmd
-    from gshard.data import Corpus
-
-    root = Path(cfg.data.dir)
-    try:
-        Corpus.load(root)
-        log(f"[1/4] data: using the prepared corpus in {root}")
-        return root
-    except (FileNotFoundError, RuntimeError):
-        pass
-    if cfg.data.prepare == "none":
-        raise FileNotFoundError(f"no corpus in {root} and data.prepare=none")
-    argv = ["prepare", "--data-dir", str(root), "--max-pairs-per-lang", str(cfg.data.max_pairs_per_lang)]
-    argv += ["--quick"] if cfg.data.prepare == "quick" else []
-    log(f"[1/4] data: gshard data {' '.join(argv)}")
-    parser = argparse.ArgumentParser()
-    data_cmd.add_parser(parser.add_subparsers(dest="command"))
-    if data_cmd.run(parser.parse_args(["data", *argv])):
-        raise RuntimeError("data preparation failed")
-    return root
-
-
 def _minutes(args) -> list[str]:
     """--minutes N: the preset's recipe for about N minutes (training time and step budget
     scaled by the same factor, so a decaying learning rate anneals over the whole longer run)."""
@@ -72,13 +47,15 @@ def _minutes(args) -> list[str]:
 
 
 def main_job(args) -> int:
+    from gshard.cli.data_cmd import ensure_data
     from gshard.cli.train_cmd import config_from_args
     from gshard.evaluate.evaluator import evaluate, format_examples, format_table
     from gshard.evaluate.plots import eval_plots, training_plots
-    from gshard.train.loop import train
+    from gshard.train.loop import check_run, train
 
     t0 = time.perf_counter()
     cfg = config_from_args(args, extra=_minutes(args))
+    check_run(cfg, args.workdir, args.mesh)     # before anything is downloaded or written
     ensure_data(cfg)
     t_data = time.perf_counter() - t0
     print(f"[2/4] train: preset {args.preset} -> {args.workdir}")

@@ -24,13 +24,19 @@ def _devices(text: str) -> list[int]:
     return out
 
 
+def hardware_names() -> list[str]:
+    from gshard.cost.hardware import PRESETS
+    return sorted(PRESETS) + ["cpu"]
+
+
 def add_parser(sub):
     p = sub.add_parser("simulate", help="predict step time and memory from 128 to 2048 devices",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="paper-36L", help="model preset (paper-12L, paper-36L, ...)")
     p.add_argument("--devices", type=_devices, default=[128, 512, 2048],
                    help="device counts (= experts), e.g. 128,512,2048")
-    p.add_argument("--hardware", default="tpu-v3", help="tpu-v3, h100-cluster, h200, cpu")
+    p.add_argument("--hardware", default="tpu-v3", help=f"one of {', '.join(hardware_names())} "
+                   "(cpu: this machine, measured)")
     p.add_argument("--batch-per-device", type=int, default=2, help="sentence pairs per device")
     p.add_argument("--length", type=int, default=512, help="source and target length")
     p.add_argument("--optimizer", default="adafactor", choices=("adafactor", "adam"))
@@ -58,6 +64,9 @@ def run(args) -> int:
     from gshard import simulate as sim
 
     try:
+        if args.hardware.lower() not in hardware_names():
+            raise ValueError(f"--hardware {args.hardware!r} is not known; use one of "
+                             f"{', '.join(hardware_names())}")
         s = sim.SimSettings(preset=args.preset, hardware=args.hardware,
                             per_device_batch=args.batch_per_device, length=args.length,
                             optimizer=args.optimizer, mode=args.mode, step=args.step,

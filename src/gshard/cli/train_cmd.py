@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -31,6 +32,8 @@ def add_parser(sub):
     p.add_argument("--process-id", type=int, default=None)
     p.add_argument("--convert-checkpoints", action="store_true",
                    help="rewrite the workdir's old-format (arrays.npz) checkpoints for orbax, then exit")
+    p.add_argument("--restart", action="store_true",
+                   help="delete the workdir's run (config, checkpoints, metrics) and train anew")
     p.add_argument("--heartbeat-timeout", type=float, default=20.0,
                    help="seconds without a peer's heartbeat before exiting (multi-host)")
     add_common(p)
@@ -39,13 +42,21 @@ def add_parser(sub):
 
 
 def config_from_args(args, extra=()):
+    """The preset with the overrides; data.dir is --data-dir, else what the workdir's run was
+    trained on (absolute, so any current directory finds it), else the preset's."""
     from gshard.train.config import load_config
+    from gshard.train.loop import recorded_data_dir
 
     ov = list(extra)
     if getattr(args, "steps", None) is not None:
         ov.append(f"train.steps={args.steps}")
-    if args.data_dir:
-        ov.append(f'data.dir="{args.data_dir}"')
+    data_dir = args.data_dir
+    named = any(o.startswith("data.dir=") for o in args.overrides)
+    workdir = getattr(args, "workdir", None)
+    if not data_dir and not named and not getattr(args, "restart", False) and workdir:
+        data_dir = recorded_data_dir(workdir)
+    if data_dir:
+        ov.append(f"data.dir={json.dumps(str(data_dir))}")
     return load_config(args.preset, ov + list(args.overrides))
 
 
@@ -53,20 +64,30 @@ def run(args) -> int:
     from gshard.train.config import ConfigError
     from gshard.train.distributed import MeshError, process_spec
     from gshard.train.checkpoint import CheckpointError
-    from gshard.train.loop import WorkdirMismatch, train
+    from gshard.train.loop import WorkdirMismatch, check_run, start_over, train
 
-    if args.convert_checkpoints:
-        return _convert(args.workdir)
     try:
+        if args.convert_checkpoints:
+            return _convert(args.workdir)
         cfg = config_from_args(args)
         proc = process_spec(args.coordinator, args.num_processes, args.process_id,
                             args.heartbeat_timeout)
+        if not proc.multi:     # everything checked before anything is downloaded or written
+            check_run(cfg, args.workdir, args.mesh, restart=args.restart)
+        if args.restart and proc.multi:
+            raise ValueError("--restart works in a single process: run `gshard train --workdir "
+                             f"{args.workdir} --restart --steps 1` once, then the processes")
+        if args.restart:
+            for path in start_over(args.workdir):
+                print(f"--restart: deleted {path}", file=sys.stderr)
         if not proc.multi:
-            from gshard.cli.run_cmd import ensure_data  # a fresh clone: prepare the corpus first
+            from gshard.cli.data_cmd import ensure_data  # a fresh clone: prepare the corpus first
             ensure_data(cfg, log=lambda m: print(m.replace("[1/4] ", ""), file=sys.stderr))
         out = train(cfg, args.workdir, mesh=args.mesh, proc=proc, progress=not args.no_progress)
     except (ConfigError, MeshError, WorkdirMismatch, FileNotFoundError, ValueError,
             CheckpointError) as e:
+        from gshard.train.checkpoint import close_all
+        close_all()
         print(f"gshard train: error: {e}", file=sys.stderr)
         return 2
     import jax

@@ -51,6 +51,28 @@ class Model:
         t = self.cfg.train
         return [pairs[i] for i in encode_pairs(self.corpus, pairs).fitting(t.src_len, t.tgt_len)]
 
+    @property
+    def max_src_pieces(self) -> int:
+        return self.cfg.train.src_len - 1          # + EOS = the trained source length
+
+    def split_long(self, text: str) -> list[str]:
+        """`text` in consecutive parts of whole words that each fit the trained source length
+        (a single over-long word is cut between its pieces); [text] when it fits."""
+        spm, limit = self.corpus.src_spm, self.max_src_pieces
+        if len(spm.encode(text)) <= limit:
+            return [text]
+        parts, cur = [], []
+        for word in text.split():
+            if cur and len(spm.encode(" ".join(cur + [word]))) > limit:
+                parts.append(" ".join(cur))
+                cur = []
+            ids = spm.encode(word)
+            while len(ids) > limit:                 # one word longer than the model's length
+                parts.append(spm.decode(ids[:limit]))
+                ids = ids[limit:]
+            cur.append(spm.decode(ids) if len(ids) != len(spm.encode(word)) else word)
+        return parts + ([" ".join(cur)] if cur else [])
+
     def translate(self, sources: list[str], beam: int = 0) -> list[str]:
         """Source sentences -> English strings."""
         e = self.cfg.eval
@@ -74,7 +96,11 @@ def load_model(workdir, overrides=()) -> Model:
     corpus = Corpus.load(cfg.data.dir)
     mc = model_config(cfg, corpus, None)
     template = init_state(mc, make_optimizer(cfg), cfg.train.seed)
-    got = ckpt.restore_latest(workdir, template)
+    try:
+        got = ckpt.restore_latest(workdir, template)
+    except ckpt.CheckpointError as e:
+        raise ckpt.CheckpointError(f"{e}; restore them, or train anew with: gshard train "
+                                   f"--workdir {workdir} --restart") from None
     if got is None:
         raise FileNotFoundError(f"no usable checkpoint in {Path(workdir) / 'checkpoints'}")
     return Model(cfg, corpus, mc, got.state[0], got.step)

@@ -77,7 +77,17 @@ def save(workdir, step: int, state, *, keep: int = 2, extra: dict | None = None)
     mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                            meta=ocp.args.JsonSave({"step": step, **(extra or {})})),
              force=True)
+    _test_kill_in_save(step)
     return step_path(workdir, step)
+
+
+def _test_kill_in_save(step: int):
+    """Tests only. GSHARD_TEST_SIGKILL_IN_SAVE="STEP": SIGKILL right after checkpoint STEP's
+    asynchronous write has started (the arrays half on disk)."""
+    import os
+    if os.environ.get("GSHARD_TEST_SIGKILL_IN_SAVE") == str(step):
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def wait(workdir=None):
@@ -117,19 +127,55 @@ def load(workdir, step: int, target) -> tuple[Any, dict]:
     if (path / OLD_ARRAYS).exists():
         raise CheckpointError(_old_message(workdir))
     want = [np.shape(x) for x in jax.tree_util.tree_leaves(target)]
+    _quiet_abandoned_reads()
     try:
         got = _manager(workdir).restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001  (tensorstore / zarr / json errors of many kinds)
-        raise CheckpointError(f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+        close(workdir)      # a failed restore leaves the manager's threads mid-flight
+        raise CheckpointError(_reason(e, path)) from None
     if [np.shape(x) for x in jax.tree_util.tree_leaves(got["state"])] != want:
         raise CheckpointError("its arrays do not fit this model/optimizer (config changed?)")
     return got["state"], dict(got["meta"] or {})
 
 
+def _quiet_abandoned_reads():
+    """A failed restore leaves TensorStore reads in flight whose callbacks then hit orbax's closed
+    asyncio loop ("Event loop is closed", printed as an ignored exception, sometimes while the
+    restore is still failing); the checkpoint is reported unusable by us, so that one message is
+    dropped (every other ignored exception still prints)."""
+    prev = sys.unraisablehook
+    if getattr(prev, "_gshard_quiet", False):
+        return
+
+    def hook(u):
+        if isinstance(u.exc_value, RuntimeError) and "Event loop is closed" in str(u.exc_value):
+            return
+        prev(u)
+    hook._gshard_quiet = True
+    sys.unraisablehook = hook
+
+
+REQUIRED = ("_CHECKPOINT_METADATA", "state/_METADATA")     # what every orbax step holds
+
+
+def _reason(e: Exception, path: Path) -> str:
+    """Why a checkpoint did not read, in one short line (never a TensorStore spec repr)."""
+    missing = [name for name in REQUIRED if not (path / name).exists()]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    text = str(e)
+    if isinstance(e, FileNotFoundError) or "NOT_FOUND" in text or "not found" in text.lower():
+        return "a file of it is missing"
+    if isinstance(e, (ValueError, KeyError)) and "{" not in text and len(text) < 200:
+        return f"it does not read: {text.splitlines()[0] if text else type(e).__name__}"
+    return "its files are truncated or corrupt"
+
+
 def restore_latest(workdir, target, *, log=None) -> Restored | None:
-    """The newest checkpoint that restores, or None when there is none; each one skipped is
-    reported through `log` (default: stderr)."""
+    """The newest checkpoint that restores, or None when the workdir has none. Each one skipped
+    is reported through `log` (default: stderr); CheckpointError when there are checkpoints but
+    none of them restores."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     _check_not_old(workdir)
     skipped = []
@@ -143,7 +189,8 @@ def restore_latest(workdir, target, *, log=None) -> Restored | None:
             continue
         return Restored(step, state, path, skipped, extra)
     if skipped:
-        log("warning: no usable checkpoint left; starting from scratch")
+        raise CheckpointError(f"no checkpoint in {ckpt_dir(workdir)} restores (" + "; ".join(
+            f"{p.name}: {why}" for p, why in skipped) + ")")
     return None
 
 

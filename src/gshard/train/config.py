@@ -72,6 +72,13 @@ class TrainSection:
     microbatches: int = 1                  # gradient accumulation over this many slices
 
     def __post_init__(self):
+        for key in ("steps", "batch_size", "src_len", "tgt_len", "log_every", "checkpoint_every",
+                    "microbatches"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"train.{key} must be at least 1, got {getattr(self, key)}")
+        for key in ("warmup_steps", "keep_checkpoints", "dev_every", "dev_batches"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"train.{key} must be 0 or more, got {getattr(self, key)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                              f"got {self.lr_schedule!r}")

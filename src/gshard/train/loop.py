@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from . import checkpoint as ckpt
-from .config import RunConfig, dumps, from_dict
+from .config import ConfigError, RunConfig, dumps, from_dict
 from .distributed import MeshPlan, ProcessSpec, initialize, parse_mesh
 from .metrics import MetricsLog, Progress
 
@@ -40,12 +40,11 @@ def _flat(cfg: RunConfig) -> dict:
 
 def prepare_workdir(cfg: RunConfig, workdir: Path, write: bool = True) -> RunConfig:
     """Resolve data.dir, check the workdir's saved config agrees (but for RESUMABLE keys, and
-    eval.*), and save the config."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    eval.*), and (write=True) save the config. With write=False nothing is created."""
     cfg = cfg.replace(data=dataclasses.replace(cfg.data, dir=str(Path(cfg.data.dir).resolve())))
-    path = workdir / CONFIG
+    path = Path(workdir) / CONFIG
     if path.exists():
-        old = _flat(from_dict(json.loads(path.read_text())))
+        old = _flat(load_workdir_config(workdir))
         new = _flat(cfg)
         diff = [k for k in new if k not in RESUMABLE and not k.startswith("eval.")
                 and old.get(k) != new[k]]
@@ -53,8 +52,9 @@ def prepare_workdir(cfg: RunConfig, workdir: Path, write: bool = True) -> RunCon
             raise WorkdirMismatch(
                 f"{workdir} holds a run with a different config: " +
                 ", ".join(f"{k}={old.get(k)!r} (now {new[k]!r})" for k in diff) +
-                "; use another --workdir or the same settings")
+                "; use the same settings, another --workdir, or --restart to start it over")
     if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(dumps(cfg))
         os.replace(tmp, path)
@@ -62,10 +62,50 @@ def prepare_workdir(cfg: RunConfig, workdir: Path, write: bool = True) -> RunCon
 
 
 def load_workdir_config(workdir) -> RunConfig:
+    """WORKDIR/config.json; FileNotFoundError when missing, ConfigError (naming the file and the
+    way out) when it does not read."""
     path = Path(workdir) / CONFIG
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: train first (gshard train --workdir {workdir})")
-    return from_dict(json.loads(path.read_text()))
+    try:
+        return from_dict(json.loads(path.read_text()))
+    except (ValueError, UnicodeDecodeError, AttributeError, TypeError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{path} is not a readable gshard config ({why}); restore it, or start "
+                          f"over with: gshard train --workdir {workdir} --restart") from None
+
+
+def recorded_data_dir(workdir) -> str | None:
+    """The data.dir a workdir's run was trained on (absolute), or None for a new workdir."""
+    if not (Path(workdir) / CONFIG).exists():
+        return None
+    return load_workdir_config(workdir).data.dir
+
+
+def check_run(cfg: RunConfig, workdir, mesh: str | None, restart: bool = False) -> RunConfig:
+    """Everything about a run that can be checked before data is downloaded or the workdir is
+    written: the model and mesh (vocabulary sizes aside) and agreement with the workdir's run."""
+    plan = parse_mesh(mesh, jax.device_count())
+    model_config(cfg, None, plan)
+    return cfg if restart else prepare_workdir(cfg, Path(workdir), write=False)
+
+
+def start_over(workdir) -> list[str]:
+    """--restart: delete the workdir's run (config, checkpoints, metrics); returns what went."""
+    import shutil
+    w = Path(workdir)
+    ckpt.close(w)
+    gone = []
+    for name in (CONFIG, "metrics.jsonl", "lengths.json", "checkpoints"):
+        p = w / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+        else:
+            continue
+        gone.append(str(p))
+    return gone
 
 
 def make_optimizer(cfg: RunConfig):
@@ -80,8 +120,11 @@ def make_optimizer(cfg: RunConfig):
 
 
 def model_config(cfg: RunConfig, corpus, plan: MeshPlan | None):
+    """The ModelConfig of this run on this mesh (corpus None: stand-in vocabularies, to check a
+    config before the corpus exists); ValueError naming the key when they do not fit."""
     axes = plan.axes() if plan is not None and plan.size > 1 else None
-    mc = cfg.model_config(corpus.src_vocab_size, corpus.tgt_vocab_size, axes)
+    vocab = (corpus.src_vocab_size, corpus.tgt_vocab_size) if corpus is not None else (8, 8)
+    mc = cfg.model_config(*vocab, axes)
     k = cfg.train.microbatches
     if k < 1 or cfg.train.batch_size % k:
         raise ValueError(f"train.microbatches={k} must be >= 1 and divide train.batch_size="
@@ -135,16 +178,18 @@ class Trainer:
         from .step import make_train_step
 
         self.main = jax.process_index() == 0
-        self.cfg = prepare_workdir(self.cfg, self.workdir, write=self.main)
+        self.cfg = prepare_workdir(self.cfg, self.workdir, write=False)
         self.corpus = Corpus.load(self.cfg.data.dir)
         t = self.cfg.train
-        self.mesh = self.plan.make()
         self.mc = model_config(self.cfg, self.corpus, self.plan)
-        self.optimizer = make_optimizer(self.cfg)
         self.batches = BatchIterator(self.corpus, t.batch_size, t.src_len, t.tgt_len,
                                      temperature=t.temperature, seed=t.seed,
                                      length_filter=t.length_filter,
                                      languages=_languages(t, self.corpus))
+        if self.main:                        # validated: only now is the workdir written
+            prepare_workdir(self.cfg, self.workdir, write=True)
+        self.mesh = self.plan.make()
+        self.optimizer = make_optimizer(self.cfg)
         if self.main:
             self._report_lengths()
         key = (self.mc, self.plan, _compile_key(self.cfg))
@@ -210,7 +255,12 @@ class Trainer:
         (which may differ from the one that wrote it), or (0, a fresh state)."""
         template = init_state(self.mc, self.optimizer, self.cfg.train.seed)
         target = ckpt.abstract(template, self.state_shardings())
-        got = ckpt.restore_latest(self.workdir, target)      # warnings: stderr
+        try:
+            got = ckpt.restore_latest(self.workdir, target)      # warnings: stderr
+        except ckpt.CheckpointError as e:
+            raise ckpt.CheckpointError(
+                f"{e}; nothing was trained. Keep them and fix the files, or start over "
+                f"(deleting them) with: gshard train --workdir {self.workdir} --restart") from None
         if got is None:
             return 0, template
         self.log(f"resuming from {got.path} (step {got.step})")
