@@ -99,7 +99,6 @@ def _inexact(dtype) -> bool:
 def _backward(pf, low, in_tree, avals):
     """gshard.partition of the user's vjp: (all inputs, float output cotangents) -> gradients of
     the float inputs, pinned to the forward's propagated specs."""
-    from .api import Partitioned
     fidx = [i for i, a in enumerate(avals) if _inexact(a.dtype)]
     oidx = [j for j, o in enumerate(low.graph.outvars) if _inexact(o.aval.dtype)]
 
@@ -115,7 +114,7 @@ def _backward(pf, low, in_tree, avals):
 
     vjp_fn.__name__ = f"vjp of {getattr(pf.fn, '__name__', 'fn')}"
     ins, outs = _specs(low, fidx, oidx)
-    return Partitioned(vjp_fn, pf.mesh, in_specs=ins, out_specs=outs), fidx, oidx
+    return type(pf)(vjp_fn, pf.mesh, in_specs=ins, out_specs=outs), fidx, oidx  # a Partitioned
 
 
 def _specs(low, fidx, oidx):
