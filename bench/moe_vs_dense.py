@@ -146,7 +146,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experts", default="8,32,64,128,256")
     ap.add_argument("--devices", default="1,8")
-    ap.add_argument("--dispatch", default="einsum,gather")
+    ap.add_argument("--dispatch", default="einsum,gather,dropless")
     ap.add_argument("--mode", default="train", choices=("train", "fwd"))
     ap.add_argument("--G", type=int, default=8)
     ap.add_argument("--S", type=int, default=1024)

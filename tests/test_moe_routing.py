@@ -123,7 +123,13 @@ def _cumsum_gating(logits, k, C, policy, rng, pads):
     _, choose_rng, keep_rng = gt._split_rng(rng, policy != "all", policy)
     nonpad = 1.0 - pads
     probs = jax.nn.softmax(logits, axis=-1)
-    indices = gt._choose(probs, k, policy, choose_rng)
+    if policy == "sampling":
+        indices = gt._choose(probs, k, policy, choose_rng)
+    else:                                             # argmax with earlier choices masked
+        indices, taken = [], jnp.zeros(probs.shape, bool)
+        for _ in range(k):
+            indices.append(jnp.argmax(jnp.where(taken, -jnp.inf, probs), axis=-1))
+            taken = taken | jax.nn.one_hot(indices[-1], E, dtype=bool)
     gates = gt._gates(probs, indices, True)
     wanted = gt._wanted(indices, gates, nonpad, policy, 0.5, keep_rng)
     masks = [jax.nn.one_hot(i, E, dtype=jnp.float32) * w[..., None] for i, w in zip(indices, wanted)]
