@@ -124,9 +124,6 @@ def load_balancing_loss(probs, mask1, nonpad):
 def _choose(probs, k, policy, rng):
     """Indices [G, S] of the k choices: argmax with earlier choices masked; for "sampling"
     choices after the first are Gumbel-max samples of the softmax without earlier choices."""
-    if policy != "sampling" or k == 1:  # one top_k (ties to the lower index, as argmax)
-        top = jax.lax.top_k(probs, k)[1]                                  # [G, S, k]
-        return [top[..., j] for j in range(k)]
     num_experts = probs.shape[-1]
     taken = jnp.zeros(probs.shape, bool)                                  # [G, S, E]
     indices = []
