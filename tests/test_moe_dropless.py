@@ -1,7 +1,5 @@
 """The dropless MoE layer (and shared experts) against a loop over experts: values and
 gradients, one device (block-grouped matmul) and expert-parallel through gshard's partitioner."""
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,10 +37,15 @@ def loop_reference(x, wg, wi, wo, swi=None, swo=None, pads=None, *, k, **route_k
     return out
 
 
-def _loss(fn):
+def _all(fn):
+    """One compiled program: (outputs, (loss, grads of all six arguments))."""
     def loss(*a):
-        return jnp.mean(fn(*a) ** 2)
-    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4, 5)))
+        out = fn(*a)
+        return jnp.mean(out[0] ** 2), out
+    def run(*a):
+        (lv, out), g = jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4, 5), has_aux=True)(*a)
+        return out, lv, g
+    return jax.jit(run)
 
 
 CASES = [  # (k, route kwargs, block, with pads)
@@ -63,18 +66,19 @@ def test_dropless_equals_loop_over_experts(k, kw, block, with_pads):
 
     def layer(x, wg, wi, wo, swi, swo):
         return moe_layer(x, wg, wi, wo, dispatch="dropless", k=k, shared_wi=swi, shared_wo=swo,
-                         paddings=pads, block=block, **kw)[0]
+                         paddings=pads, block=block, **kw)
 
-    ref = functools.partial(loop_reference, pads=pads, k=k, **kw)
+    def ref(*a):
+        return loop_reference(*a, pads=pads, k=k, **kw), None
+
     args = [p[n] for n in ("x", "wg", "wi", "wo", "swi", "swo")]
-    (lv, g), (lr, gr) = _loss(layer)(*args), _loss(ref)(*args)
-    np.testing.assert_allclose(jax.jit(layer)(*args), jax.jit(ref)(*args), atol=2e-5, rtol=1e-5)
+    (out, aux), lv, g = _all(layer)(*args)
+    (want, _), lr, gr = _all(ref)(*args)
+    np.testing.assert_allclose(out, want, atol=2e-5, rtol=1e-5)
     np.testing.assert_allclose(lv, lr, rtol=1e-5)
     for a, b in zip(g, gr):
         assert np.abs(np.asarray(b)).max() > 0
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
-    aux = jax.jit(lambda *a: moe_layer(*a, dispatch="dropless", k=k, paddings=pads, **kw)[1])(
-        *args[:4])
     real = G * S if pads is None else float(jnp.sum(1.0 - pads))
     assert float(jnp.sum(aux["tokens_per_expert"])) == k * real          # nothing dropped
     assert float(aux["first_dropped_frac"]) == 0.0 and float(aux["aux_loss"]) > 0
