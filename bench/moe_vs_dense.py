@@ -1,7 +1,7 @@
 """MoE layer (top-2) vs a dense FFN with equal active FLOPs (issue 7, item 3).
 
     python bench/moe_vs_dense.py [--experts 8,32,64,128,256] [--devices 1,8]
-                                 [--dispatch einsum,gather] [--mode train|fwd]
+                                 [--dispatch einsum,gather,dropless] [--mode train|fwd]
                                  [--G 8 --S 1024 --M 256 --H 512] [--rounds 7] [--json OUT]
 
 MoE: gshard.moe.moe_layer(inputs [G,S,M], wg [M,E], wi [E,M,H], wo [E,H,M]), top-2, capacity
@@ -9,6 +9,9 @@ C = 2S/E (so the expert buffers hold exactly 2 slots per token: the expert FFN d
 dense FFN of hidden 2H). Dense: relu(x @ w1 [M,2H]) @ w2 [2H,M] on the same tokens.
 Default shape: 8192 tokens, M=256, H=512, so each expert's matmuls have 2·G·S/E rows (256 at
 E=64, 64 at E=256); `--S 256 --M 128 --H 256` is the small shape (64 rows per expert at E=64).
+dispatch=dropless: every token to both of its top-2 experts, nothing dropped (one device: the
+block-grouped matmul of moe/dropless.py, N + E·B rows for N = 2·G·S routes; 8 devices: the padded
+AllToAll at C = S, E/2 times the routes' rows; memory grows as E·G·S·M, so keep E <= 64 there).
 mode=train (default): loss = mean(out^2), value and gradients w.r.t. the inputs and all weights;
 mode=fwd: forward only.
 1 device: jax.jit, no annotations. 8 devices (mesh (8,), axis "x"): gshard.partition; the MoE
@@ -146,7 +149,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experts", default="8,32,64,128,256")
     ap.add_argument("--devices", default="1,8")
-    ap.add_argument("--dispatch", default="einsum,gather")
+    ap.add_argument("--dispatch", default="einsum,gather,dropless")
     ap.add_argument("--mode", default="train", choices=("train", "fwd"))
     ap.add_argument("--G", type=int, default=8)
     ap.add_argument("--S", type=int, default=1024)

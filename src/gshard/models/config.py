@@ -12,6 +12,9 @@ from typing import Any, Optional
 
 from ..moe.gating import KINDS, SECOND_EXPERT_POLICIES
 from ..moe.layer import DISPATCH
+from ..moe.routing import SCORES
+
+BALANCES = ("aux", "bias", "none")
 
 POSITIONS = ("sinusoidal", "learned")
 DTYPES = ("float32", "bfloat16")
@@ -72,8 +75,15 @@ class MoEConfig:
     second_expert_threshold: float = 0.5
     jitter_eps: float = 0.0
     num_groups: Optional[int] = None         # G; None = one group per sequence (G = B)
-    dispatch: str = "einsum"                 # einsum | gather
+    dispatch: str = "einsum"                 # einsum | gather | dropless
     every: int = 2                           # layer i is MoE iff (i + 1) % every == 0; 0 = none
+    router: str = "softmax"                  # dropless: route() score, softmax | sigmoid
+    balance: str = "aux"                     # aux (loss) | bias (aux-loss-free update) | none
+    bias_rate: float = 1e-3                  # balance=bias: the per-step bias update γ
+    shared_experts: int = 0                  # dense shared FFN of shared_experts·expert_hidden
+    expert_groups: int = 1                   # dropless: experts in equal groups ...
+    top_groups: int = 1                      # ... a token's k experts from its best top_groups
+    eval_capacity_factor: Optional[float] = None  # capacity factor at eval (None = training's)
 
     def __post_init__(self):
         _positive(self, "num_experts", "expert_hidden", "top_k")
@@ -94,6 +104,25 @@ class MoEConfig:
             raise ValueError("MoEConfig: jitter_eps must be in [0, 1), threshold > 0")
         if self.every < 0:
             raise ValueError(f"MoEConfig.every must be >= 0, got {self.every}")
+
+        self._check_today()
+
+    def _check_today(self):
+        """The §7b keys: router, balance, shared experts, expert groups, eval capacity."""
+        if self.router not in SCORES:
+            raise ValueError(f"MoEConfig.router must be one of {SCORES}, got {self.router!r}")
+        if self.balance not in BALANCES:
+            raise ValueError(f"MoEConfig.balance must be one of {BALANCES}, got {self.balance!r}")
+        if self.dispatch != "dropless" and (self.router != "softmax" or self.balance == "bias"
+                                            or self.expert_groups != 1):
+            raise ValueError("moe.router=sigmoid, moe.balance=bias and moe.expert_groups>1 use "
+                             "route(): set moe.dispatch=dropless")
+        if self.bias_rate < 0 or self.shared_experts < 0:
+            raise ValueError("MoEConfig: bias_rate and shared_experts must be >= 0")
+        if self.expert_groups < 1 or self.top_groups < 1:   # their fit with E and k: route()
+            raise ValueError("MoEConfig: expert_groups and top_groups must be >= 1")
+        if self.eval_capacity_factor is not None and self.eval_capacity_factor <= 0:
+            raise ValueError("MoEConfig.eval_capacity_factor must be > 0 or None")
 
     def is_moe_layer(self, i: int) -> bool:
         return self.every > 0 and (i + 1) % self.every == 0

@@ -55,8 +55,15 @@ def _init_ffn(cfg: ModelConfig, rng, moe: bool):
         return {"norm": _init_norm(M), "wi": _normal(k1, (M, F), M ** -0.5),
                 "wo": _normal(k2, (F, M), F ** -0.5)}
     E, H = cfg.moe.num_experts, cfg.moe.expert_hidden
-    return {"norm": _init_norm(M), "wg": _normal(k3, (M, E), M ** -0.5),
-            "wi": _normal(k1, (E, M, H), M ** -0.5), "wo": _normal(k2, (E, H, M), H ** -0.5)}
+    p = {"norm": _init_norm(M), "wg": _normal(k3, (M, E), M ** -0.5),
+         "wi": _normal(k1, (E, M, H), M ** -0.5), "wo": _normal(k2, (E, H, M), H ** -0.5)}
+    if cfg.moe.shared_experts:
+        F = cfg.moe.shared_experts * H
+        k4, k5 = jax.random.split(jax.random.fold_in(rng, 1))
+        p["shared_wi"], p["shared_wo"] = _normal(k4, (M, F), M ** -0.5), _normal(k5, (F, M), F ** -0.5)
+    if cfg.moe.balance == "bias":   # not trained: moved by train.step's update_bias each step
+        p["router_bias"] = jnp.zeros((E,), jnp.float32)
+    return p
 
 
 def _init_layer(cfg: ModelConfig, rng, i: int, cross: bool):
@@ -150,7 +157,20 @@ def num_groups(cfg: ModelConfig, batch: int, length: int) -> int:
     return g
 
 
-def moe_ffn(p, cfg: ModelConfig, x, pad, rng):
+def _moe_kwargs(p, mc, deterministic):
+    """moe_layer keywords beyond the capacity path's: shared experts, route() arguments (for
+    dispatch=dropless), the eval capacity factor."""
+    kw = {"shared_wi": p.get("shared_wi"), "shared_wo": p.get("shared_wo"),
+          "capacity_factor": mc.capacity_factor}
+    if deterministic and mc.eval_capacity_factor is not None:
+        kw["capacity_factor"] = mc.eval_capacity_factor
+    if mc.dispatch == "dropless":
+        kw.update(score=mc.router, bias=p.get("router_bias"), expert_groups=mc.expert_groups,
+                  top_groups=mc.top_groups)
+    return kw
+
+
+def moe_ffn(p, cfg: ModelConfig, x, pad, rng, deterministic=False):
     """x [B, L, M] -> ([B, L, M], aux) through the MoE layer on G groups of S tokens."""
     B, L, M = x.shape
     G = num_groups(cfg, B, L)
@@ -161,9 +181,10 @@ def moe_ffn(p, cfg: ModelConfig, x, pad, rng):
     groups = x.reshape(G, (B * L) // G, M)                                # [G, S, M]
     out, aux = moe_layer(
         groups, p["wg"], p["wi"], p["wo"], dispatch=mc.dispatch, kind=mc.gating, k=mc.top_k,
-        capacity=mc.capacity, capacity_factor=mc.capacity_factor,
-        second_expert_policy=policy, second_expert_threshold=mc.second_expert_threshold,
-        rng=rng, paddings=pad.reshape(G, -1), jitter_eps=mc.jitter_eps, mesh_axes=axes)
+        capacity=mc.capacity, second_expert_policy=policy,
+        second_expert_threshold=mc.second_expert_threshold, rng=rng,
+        paddings=pad.reshape(G, -1), jitter_eps=mc.jitter_eps, mesh_axes=axes,
+        **_moe_kwargs(p, mc, deterministic))
     return out.reshape(B, L, M), aux                                      # [B, L, M]
 
 
@@ -177,7 +198,7 @@ def _ffn_block(p, cfg, x, pad, rng, deterministic):
     k_ffn, k_gate, k_res = _keys(rng, 3)
     h = layer_norm(p["norm"], x)
     if "wg" in p:
-        y, aux = moe_ffn(p, cfg, h, pad, k_gate)
+        y, aux = moe_ffn(p, cfg, h, pad, k_gate, deterministic)
     else:
         y, aux = dense_ffn(p, cfg, h, k_ffn, deterministic), None
     return shard(_residual(x, y, cfg, k_res, deterministic), cfg, "data", None, None), aux

@@ -7,8 +7,9 @@ Router math is float32 whatever the dtype of the logits.
 Token-choice routing (top-1 / top-2 / top-k) is the vectorised Algorithm 1:
   * probs = softmax(logits) over E; choice j = argmax with choices < j masked out (or a
     Gumbel-max sample for "sampling"); gates normalised by their sum (+1e-9) before any dropping;
-  * slot of a choice = exclusive cumulative count (jnp.cumsum over S) of the tokens routed to that
-    expert before it in the group, offset by the kept choices of earlier priority;
+  * slot of a choice = exclusive cumulative count of the tokens routed to that expert before it
+    in the group, offset by the kept choices of earlier priority, computed by one stable sort of
+    (expert, priority, position) per group (no cumsums over [G, S, E] masks);
     a choice whose slot >= C is dropped;
   * padding tokens are never routed and are excluded from the aux-loss densities.
 """
@@ -20,6 +21,8 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+
+from .routing import sort_ranks
 
 KINDS = ("top2", "top1", "topk", "expert_choice")
 SECOND_EXPERT_POLICIES = ("all", "random", "sampling")
@@ -117,11 +120,6 @@ def load_balancing_loss(probs, mask1, nonpad):
     return jnp.mean(jnp.mean(density * proxy, axis=-1)) * num_experts ** 2
 
 
-def _exclusive_cumsum(mask):
-    """Exclusive cumulative count over S: [G, S, E] -> [G, S, E]."""
-    return jnp.cumsum(mask, axis=1) - mask
-
-
 # ----- token choice: choosing experts ----------------------------------------------------------
 def _choose(probs, k, policy, rng):
     """Indices [G, S] of the k choices: argmax with earlier choices masked; for "sampling"
@@ -150,77 +148,97 @@ def _gates(probs, indices, normalize):
     return gates
 
 
-def _wanted_masks(indices, gates, num_experts, nonpad, policy, threshold, rng):
-    """[G, S, E] float masks of the choices that will ask for a slot: padding removed and, for
+def _wanted(indices, gates, nonpad, policy, threshold, rng):
+    """[G, S] float flags of the choices that will ask for a slot: padding removed and, for
     policy "random", a choice after the first kept only when gate / threshold > U(0, 1)."""
-    masks = []
-    for j, (idx, g) in enumerate(zip(indices, gates)):
+    flags = []
+    for j, g in enumerate(gates):
         keep = nonpad                                                     # [G, S]
         if j > 0 and policy == "random":
             rng, sub = jax.random.split(rng)
             u = jax.random.uniform(sub, g.shape, jnp.float32)             # [G, S]
             keep = keep * (u < g / max(threshold, 1e-9)).astype(jnp.float32)
-        masks.append(jax.nn.one_hot(idx, num_experts, dtype=jnp.float32) * keep[..., None])
-    return masks
+        flags.append(keep)
+    return flags
 
 
-# ----- token choice: slots ---------------------------------------------------------------------
+# ----- token choice: slots (one stable sort by (expert, priority, position)) ---------------------
+def _sort_slots(indices, wanted, num_experts, capacity):
+    """Slots of the choices in priority order (all first choices, then all second, ...) by one
+    stable sort per group (routing.sort_ranks) instead of cumsums over [G, S, E] masks.
+
+    indices, wanted: lists of [G, S] (int expert, 0/1 float). Returns (kept [G, S] float, slot
+    [G, S] int32) per choice: slot = the number of wanted choices of higher priority or earlier
+    position in the same expert; kept iff wanted and slot < capacity. For a kept choice this is
+    exactly Algorithm 1's slot (a higher-priority choice that was dropped already fills the
+    expert, so every later choice there is dropped too); an unwanted choice's slot is 0."""
+    S = indices[0].shape[1]
+    expert = jnp.concatenate([jnp.where(w > 0, i, num_experts)
+                              for i, w in zip(indices, wanted)], axis=1)  # [G, k·S]
+    ranks = sort_ranks(expert, num_experts)                               # [G, k·S]
+    kept, slots = [], []
+    for j, w in enumerate(wanted):
+        rank = ranks[:, j * S:(j + 1) * S]                                # [G, S]
+        kept.append(w * (rank < capacity).astype(w.dtype))
+        slots.append(jnp.where(w > 0, rank, 0))
+    return kept, slots
+
+
 def assign_slots(masks, capacity):
     """Slots for choices in priority order (all first choices, then all second choices, ...).
 
-    masks: list of [G, S, E] 0/1 float. Returns (kept masks [G, S, E], slots [G, S] int32): a
-    choice's slot is its exclusive cumulative count over S plus the number of kept choices of
-    earlier priority in that expert; it is kept iff slot < capacity."""
-    offset = jnp.zeros_like(masks[0][:, :1, :])                          # [G, 1, E]
-    kept_masks, slots = [], []
-    for mask in masks:
-        pos = (_exclusive_cumsum(mask) + offset) * mask                   # [G, S, E]
-        kept = mask * (pos < capacity).astype(mask.dtype)                 # [G, S, E]
-        offset = offset + jnp.sum(kept, axis=1, keepdims=True)            # [G, 1, E]
-        kept_masks.append(kept)
-        slots.append(jnp.sum(pos, axis=-1).astype(jnp.int32))             # [G, S]
-    return kept_masks, slots
+    masks: list of [G, S, E] 0/1 float (one expert per choice). Returns (kept masks [G, S, E],
+    slots [G, S] int32): a kept choice's slot is Algorithm 1's (its exclusive count over S plus
+    the kept choices of earlier priority in that expert); kept iff slot < capacity; a dropped
+    choice's slot is >= capacity. Computed by one stable sort (see _sort_slots)."""
+    E = masks[0].shape[-1]
+    indices = [jnp.argmax(m, axis=-1) for m in masks]                     # [G, S] each
+    wanted = [jnp.sum(m, axis=-1) for m in masks]                         # [G, S] each
+    kept, slots = _sort_slots(indices, wanted, E, capacity)
+    return [m * k[..., None] for m, k in zip(masks, kept)], slots
 
 
-def _combine(gates, kept_masks, slots, capacity):
+def _combine(gates, indices, kept, slots, num_experts, capacity):
     """combine_weights [G, S, E, C] = Σ_choices gate · onehot(expert) ⊗ onehot(slot)."""
     combine = 0.0
-    for g, kept, slot in zip(gates, kept_masks, slots):
-        kept_gate = g[..., None] * kept                                   # [G, S, E]
+    for g, idx, k, slot in zip(gates, indices, kept, slots):
+        kept_gate = jax.nn.one_hot(idx, num_experts, dtype=jnp.float32) * (g * k)[..., None]
         slot_1h = jax.nn.one_hot(slot, capacity, dtype=jnp.float32)       # [G, S, C]
         combine = combine + kept_gate[..., None] * slot_1h[:, :, None, :]  # [G, S, E, C]
     return combine
 
 
-def _routes_to_slots(gates, kept_masks, slots, capacity):
+def _routes_to_slots(gates, indices, kept, slots, num_experts, capacity):
     """Sparse slot form from the routes: slot_token [G, E, C] (S = empty), slot_gate [G, E, C].
     A scatter of G·S·k integers per table, vmapped over G so that G is a batching dim of the
     scatter (it stays local when G is split); dropped routes land out of bounds and are dropped."""
-    G, S, E = kept_masks[0].shape
+    G, S = indices[0].shape
     s_idx = jnp.arange(S, dtype=jnp.int32)                                 # [S]
 
-    def one_group(token, gate, g, kept, slot):                            # [E,C] [E,C] [S] [S,E] [S]
-        on = (jnp.sum(kept, -1) > 0) & (g > 0)                            # [S]
-        e_idx = jnp.argmax(kept, axis=-1)                                 # [S]
+    def one_group(token, gate, g, e_idx, k, slot):                        # [E,C] [E,C] [S]x4
+        on = (k > 0) & (g > 0)                                            # [S]
         c_idx = jnp.where(on, slot, capacity)                             # [S] C = dropped
         # slots are unique, so scatter-add of (s - S) onto S writes s (scatter-add partitions)
         token = token.at[e_idx, c_idx].add(s_idx - S, mode="drop")        # [E, C]
         return token, gate.at[e_idx, c_idx].add(g, mode="drop")           # [E, C]
 
-    token = jnp.full((G, E, capacity), S, jnp.int32)                      # [G, E, C]
-    gate = jnp.zeros((G, E, capacity), jnp.float32)                       # [G, E, C]
-    for g, kept, slot in zip(gates, kept_masks, slots):
-        token, gate = jax.vmap(one_group)(token, gate, g, kept, slot)
+    token = jnp.full((G, num_experts, capacity), S, jnp.int32)            # [G, E, C]
+    gate = jnp.zeros((G, num_experts, capacity), jnp.float32)             # [G, E, C]
+    for g, idx, k, slot in zip(gates, indices, kept, slots):
+        token, gate = jax.vmap(one_group)(token, gate, g, idx, k, slot)
     return token, gate
 
 
-def _token_choice_metrics(probs, wanted, kept, nonpad):
+def _token_choice_metrics(probs, indices, wanted, kept, nonpad):
     """tokens_per_expert [E] (kept routes), dropped fractions, router entropy."""
+    E = probs.shape[-1]
     first_want, first_kept = jnp.sum(wanted[0]), jnp.sum(kept[0])
     rest_want = sum(jnp.sum(m) for m in wanted[1:]) if len(wanted) > 1 else jnp.float32(0)
     rest_kept = sum(jnp.sum(m) for m in kept[1:]) if len(kept) > 1 else jnp.float32(0)
+    load = sum(jnp.sum(jax.nn.one_hot(i, E, dtype=jnp.float32) * k[..., None], axis=(0, 1))
+               for i, k in zip(indices, kept))                            # [E]
     return {
-        "tokens_per_expert": sum(jnp.sum(k, axis=(0, 1)) for k in kept),   # [E]
+        "tokens_per_expert": load,
         "first_dropped_frac": (first_want - first_kept) / jnp.maximum(first_want, 1.0),
         "second_dropped_frac": (rest_want - rest_kept) / jnp.maximum(rest_want, 1.0),
         "router_entropy": router_entropy(probs, nonpad),
@@ -255,16 +273,18 @@ def token_choice_gating(logits, *, k=2, normalize=True, capacity=None, capacity_
     probs = jax.nn.softmax(logits, axis=-1)                               # [G, S, E]
     indices = _choose(probs, k, second_expert_policy, choose_rng)
     gates = _gates(probs, indices, normalize)
-    wanted = _wanted_masks(indices, gates, E, nonpad, second_expert_policy,
-                           second_expert_threshold, keep_rng)
-    kept, slots = assign_slots(wanted, C)
-    combine = _combine(gates, kept, slots, C)                             # [G, S, E, C]
-    token, gate = _routes_to_slots(gates, kept, slots, C) if with_slots else (None, None)
+    wanted = _wanted(indices, gates, nonpad, second_expert_policy, second_expert_threshold,
+                     keep_rng)                                            # [G, S] each
+    kept, slots = _sort_slots(indices, wanted, E, C)
+    combine = _combine(gates, indices, kept, slots, E, C)                 # [G, S, E, C]
+    token, gate = (_routes_to_slots(gates, indices, kept, slots, E, C) if with_slots
+                   else (None, None))
+    mask1 = jax.nn.one_hot(indices[0], E, dtype=jnp.float32) * wanted[0][..., None]  # [G, S, E]
     return GatingResult(
         combine_weights=combine, dispatch_mask=combine > 0,
-        aux_loss=load_balancing_loss(probs, wanted[0], nonpad),
+        aux_loss=load_balancing_loss(probs, mask1, nonpad),
         z_loss=router_z_loss(logits, nonpad),
-        metrics=_token_choice_metrics(probs, wanted, kept, nonpad),
+        metrics=_token_choice_metrics(probs, indices, wanted, kept, nonpad),
         slot_token=token, slot_gate=gate)
 
 

@@ -19,9 +19,12 @@ import jax
 import jax.numpy as jnp
 
 from .. import annotate as _ann
-from .gating import GatingResult, gating
+from .dropless import expert_slots, grouped_ffn
+from .gating import (GatingResult, _jitter, _nonpad, _routes_to_slots, gating,
+                     load_balancing_loss, router_entropy, router_z_loss)
+from .routing import route
 
-DISPATCH = ("einsum", "gather")
+DISPATCH = ("einsum", "gather", "dropless")
 
 
 # ----- annotations -----------------------------------------------------------------------------
@@ -191,29 +194,47 @@ def scatter_combine_major(expert_out, slot_token, slot_gate, group_size):
 def moe_layer(inputs, wg, wi, wo, *, dispatch="einsum", kind="top2", k=2, capacity=None,
               capacity_factor=2.0, second_expert_policy="all", second_expert_threshold=0.5,
               rng=None, paddings=None, jitter_eps=0.0, activation=jax.nn.relu,
-              mesh_axes=None, num_partitions=None):
+              mesh_axes=None, num_partitions=None, shared_wi=None, shared_wo=None, block=None,
+              **route_kwargs):
     """GShard MoE layer. Returns (outputs [G, S, M] in inputs.dtype, aux) where aux is a dict:
     aux_loss, z_loss (scalars) and the gating metrics (tokens_per_expert [E], ...).
 
     dispatch="einsum": Algorithm 2 with its annotations; "gather": the same result by index
-    dispatch into [E, G, C, M] buffers and scatter-add combine (O(tokens·M) data movement)."""
+    dispatch into [E, G, C, M] buffers and scatter-add combine (O(tokens·M) data movement);
+    "dropless": route(x @ wg, k=k, **route_kwargs) (score, bias, expert_groups, top_groups,
+    normalize, scale), every token to all k experts, nothing dropped (moe/dropless.py; `block`
+    is its row block B). shared_wi [M, F] / shared_wo [F, M]: a dense FFN every token also takes
+    (DeepSeekMoE's shared experts), added to the routed output."""
     if dispatch not in DISPATCH:
         raise ValueError(f"dispatch must be one of {DISPATCH}, got {dispatch!r}")
+    if route_kwargs and dispatch != "dropless":
+        raise ValueError(f"{sorted(route_kwargs)} are route() arguments, used only with "
+                         f"dispatch='dropless' (got dispatch={dispatch!r})")
     _check_shapes(inputs, wg, wi, wo)
+    _check_shared(inputs, shared_wi, shared_wo)
     ann = _Annotator(mesh_axes, num_partitions)
     inputs = ann.group_split(inputs)                                      # [G, S, M]
     wg = ann.router(wg)                                                   # [M, E]
     wi, wo = ann.expert_weight(wi, 2), ann.expert_weight(wo, 1)           # [E, M, H], [E, H, M]
-    routing = gating(router_logits(inputs, wg), kind=kind, k=k, capacity=capacity,
-                     capacity_factor=capacity_factor, second_expert_policy=second_expert_policy,
-                     second_expert_threshold=second_expert_threshold, rng=rng,
-                     paddings=paddings, jitter_eps=jitter_eps,
-                     with_slots=dispatch == "gather")
-    if dispatch == "einsum":
-        out = _einsum_path(inputs, wi, wo, routing, ann, activation)
+    logits = router_logits(inputs, wg)                                    # [G, S, E]
+    if dispatch == "dropless":
+        out, aux = _dropless_path(inputs, logits, wi, wo, ann, activation, k, rng, paddings,
+                                  jitter_eps, block, route_kwargs)
     else:
-        out = _gather_path(inputs, wi, wo, routing, ann, activation)
-    aux = {"aux_loss": routing.aux_loss, "z_loss": routing.z_loss, **routing.metrics}
+        routing = gating(logits, kind=kind, k=k, capacity=capacity,
+                         capacity_factor=capacity_factor,
+                         second_expert_policy=second_expert_policy,
+                         second_expert_threshold=second_expert_threshold, rng=rng,
+                         paddings=paddings, jitter_eps=jitter_eps,
+                         with_slots=dispatch == "gather")
+        if dispatch == "einsum":
+            out = _einsum_path(inputs, wi, wo, routing, ann, activation)
+        else:
+            out = _gather_path(inputs, wi, wo, routing.slot_token, routing.slot_gate, ann,
+                               activation)
+        aux = {"aux_loss": routing.aux_loss, "z_loss": routing.z_loss, **routing.metrics}
+    if shared_wi is not None:
+        out = out + _shared_ffn(inputs, shared_wi, shared_wo, ann, activation)
     return ann.group_split(out.astype(inputs.dtype)), aux
 
 
@@ -225,13 +246,72 @@ def _einsum_path(inputs, wi, wo, routing: GatingResult, ann, activation):
     return einsum_combine(y, routing.combine_weights)                     # [G, S, M]
 
 
-def _gather_path(inputs, wi, wo, routing: GatingResult, ann, activation):
-    x = gather_dispatch(inputs, routing.slot_token)                        # [E, G, C, M]
+def _gather_path(inputs, wi, wo, slot_token, slot_gate, ann, activation):
+    x = gather_dispatch(inputs, slot_token)                                # [E, G, C, M]
     x = ann.group_split_major(x, keep_expert_axes=False)                  # gathered locally
     x = ann.expert_split(x)                                               # split E: AllToAll
     y = expert_ffn_major(x, wi, wo, activation)                           # [E, G, C, M]
     y = ann.group_split_major(y)                                          # split G: AllToAll
-    return scatter_combine_major(y, routing.slot_token, routing.slot_gate, inputs.shape[1])
+    return scatter_combine_major(y, slot_token, slot_gate, inputs.shape[1])
+
+
+def _dropless_path(inputs, logits, wi, wo, ann, activation, k, rng, paddings, jitter_eps,
+                   block, route_kwargs):
+    """Route with route(); one device: the block-grouped matmul; expert-parallel: the gather
+    path's padded AllToAll at C = S (no group can overflow an expert). Returns (out, aux)."""
+    G, S, E = logits.shape
+    nonpad = _nonpad(paddings, (G, S))                                    # [G, S]
+    logits = _jitter(logits, jitter_eps, rng)                             # [G, S, E]
+    weights, indices = route(logits, k=k, **route_kwargs)                 # [G, S, k] each
+    if ann.on:
+        gates = [weights[..., j] * nonpad for j in range(k)]              # [G, S] each
+        experts = [indices[..., j] for j in range(k)]
+        kept = [nonpad] * k
+        slots = expert_slots(experts, kept, E)
+        token, gate = _routes_to_slots(gates, experts, kept, slots, E, S)  # [G, E, S] each
+        out = _gather_path(inputs, wi, wo, token, gate, ann, activation)
+    else:
+        T, M = G * S, inputs.shape[-1]
+        out = grouped_ffn(inputs.reshape(T, M), weights.reshape(T, k), indices.reshape(T, k),
+                          wi, wo, activation=activation, nonpad=nonpad.reshape(T),
+                          block=block).reshape(G, S, M)                   # [G, S, M]
+    return out, _dropless_aux(logits, indices, nonpad, route_kwargs.get("score", "softmax"))
+
+
+def _dropless_aux(logits, indices, nonpad, score):
+    """aux of the dropless layer: GShard's aux loss on the first choices with the (normalised)
+    scores as the mean-gate proxy, z-loss, tokens_per_expert over all k routes, no drops."""
+    E = logits.shape[-1]
+    if score == "sigmoid":
+        s = jax.nn.sigmoid(logits)
+        probs = s / jnp.sum(s, axis=-1, keepdims=True)                    # [G, S, E]
+    else:
+        probs = jax.nn.softmax(logits, axis=-1)                           # [G, S, E]
+    routed = jax.nn.one_hot(indices, E, dtype=jnp.float32) * nonpad[..., None, None]  # [G,S,k,E]
+    return {"aux_loss": load_balancing_loss(probs, routed[:, :, 0], nonpad),
+            "z_loss": router_z_loss(logits, nonpad),
+            "tokens_per_expert": jnp.sum(routed, axis=(0, 1, 2)),         # [E]
+            "first_dropped_frac": jnp.float32(0.0), "second_dropped_frac": jnp.float32(0.0),
+            "router_entropy": router_entropy(probs, nonpad)}
+
+
+def _shared_ffn(inputs, shared_wi, shared_wo, ann, activation):
+    """DeepSeekMoE's shared experts: a dense FFN [G, S, M] -> [G, S, M] every token takes."""
+    if ann.on:
+        shared_wi, shared_wo = _ann.replicate(shared_wi), _ann.replicate(shared_wo)
+    h = activation(jnp.einsum("GSM,MF->GSF", inputs, shared_wi.astype(inputs.dtype)))
+    return jnp.einsum("GSF,FM->GSM", h, shared_wo.astype(inputs.dtype))   # [G, S, M]
+
+
+def _check_shared(inputs, shared_wi, shared_wo):
+    if (shared_wi is None) != (shared_wo is None):
+        raise ValueError("pass both shared_wi [M, F] and shared_wo [F, M], or neither")
+    if shared_wi is None:
+        return
+    M = inputs.shape[-1]
+    if shared_wi.ndim != 2 or shared_wi.shape[0] != M or shared_wo.shape != shared_wi.shape[::-1]:
+        raise ValueError(f"shared experts: shared_wi {shared_wi.shape} must be [M={M}, F] and "
+                         f"shared_wo {shared_wo.shape} [F, M]")
 
 
 def _check_shapes(inputs, wg, wi, wo):

@@ -40,7 +40,7 @@ def accumulate(loss_fn, params, cfg, batch, rng, k: int, **kw):
         parts = {"cross_entropy": m["cross_entropy"] * share, "accuracy": m["accuracy"] * share,
                  "num_tokens": m["num_tokens"], "aux_loss": m["aux_loss"] / k,
                  "z_loss": m["z_loss"] / k, "dropped_fraction": m["dropped_fraction"] / k,
-                 "expert_load": m["expert_load"] / k}
+                 "expert_load": m["expert_load"] / k, "layer_dropped": m["layer_dropped"] / k}
         return g, parts
 
     def body(acc, inp):

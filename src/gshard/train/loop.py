@@ -333,6 +333,7 @@ class Trainer:
                 "step": s, "loss": loss, "cross_entropy": m["cross_entropy"],
                 "aux_loss": m["aux_loss"], "accuracy": m["accuracy"],
                 "dropped_fraction": m["dropped_fraction"], "expert_load": m["expert_load"],
+                "layer_dropped": m["layer_dropped"],
                 "grad_norm": m["grad_norm"], "tokens_per_s": round(tps, 1),
                 "step_seconds": round(dt, 4)})
         bar.update(s, loss, tps)

@@ -117,7 +117,8 @@ def loss_fn(params, cfg: ModelConfig, batch, rng, *, deterministic=False, label_
     loss = ce + aux_loss_weight * aux["aux_loss"] + z_loss_weight * aux["z_loss"]
     metrics = {"loss": loss, "cross_entropy": ce, "accuracy": acc, "num_tokens": ntok,
                "aux_loss": aux["aux_loss"], "z_loss": aux["z_loss"],
-               "dropped_fraction": aux["dropped_fraction"], "expert_load": aux["expert_load"]}
+               "dropped_fraction": aux["dropped_fraction"], "expert_load": aux["expert_load"],
+               "layer_dropped": aux["first_dropped"] + aux["second_dropped"]}
     return loss, metrics
 
 
@@ -132,6 +133,8 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *
     off (rng still drives the gating policy). microbatches=k accumulates the gradient over k
     slices of the batch (train/accumulate.py). update_specs=(forward, update) PartitionSpec trees
     shard the weight update over the data axes (train/zero.py)."""
+    if cfg.moe.balance != "aux":  # moe.balance=bias|none: no auxiliary balance loss
+        aux_loss_weight = 0.0
     kw = dict(deterministic=deterministic, label_smoothing=label_smoothing,
               aux_loss_weight=aux_loss_weight, z_loss_weight=z_loss_weight)
 
@@ -149,9 +152,28 @@ def make_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, *
             from .zero import constrain
             grads = constrain(grads, update_specs[1])
         grad_norm = optax.tree.norm(grads)
-        params, opt_state = _update(optimizer, params, opt_state, grads, update_specs)
-        return params, opt_state, dict(metrics, grad_norm=grad_norm)
+        new_params, opt_state = _update(optimizer, params, opt_state, grads, update_specs)
+        if cfg.moe.balance == "bias":
+            new_params = update_router_biases(new_params, params, cfg, metrics["expert_load"])
+        return new_params, opt_state, dict(metrics, grad_norm=grad_norm)
     return step
+
+
+def update_router_biases(new_params, params, cfg: ModelConfig, expert_load):
+    """moe.balance=bias: each MoE layer's router_bias = update_bias(its value before the step,
+    its load this step [E], moe.bias_rate); expert_load [n_moe, E] is in forward's order
+    (encoder MoE layers, then decoder's). The optimizer's own change to the bias is discarded."""
+    from ..moe.routing import update_bias
+    new_params = jax.tree_util.tree_map(lambda x: x, new_params)         # a copy to edit
+    n = 0
+    for stack, count in (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)):
+        for i in range(count):
+            if cfg.moe.is_moe_layer(i):
+                old = params[stack][f"layer_{i}"]["ffn"]["router_bias"]
+                new_params[stack][f"layer_{i}"]["ffn"]["router_bias"] = update_bias(
+                    old, expert_load[n], cfg.moe.bias_rate)
+                n += 1
+    return new_params
 
 
 def _update(optimizer, params, opt_state, grads, update_specs):
