@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from .points import spec_text
-from .price import Price
+from .price import TOL, Price
 
 
 @dataclass
@@ -40,8 +40,10 @@ def _delta(other: Price, mine: Price) -> str:
         return f"does not lower ({other.error})"
     dt = (other.step_s / mine.step_s - 1) * 100 if mine.step_s else 0.0
     fit = "" if other.fits else ", over the memory limit"
+    tie = f" (a tie within {TOL:.0%}: fewer collective bytes, then less memory, win)" \
+        if abs(dt) < TOL * 100 else ""
     return (f"step {_secs(other.step_s)} ({dt:+.1f}%), peak {_mib(other.peak_bytes)}, "
-            f"collectives {_mib(other.collective_bytes)}{fit}")
+            f"collectives {_mib(other.collective_bytes)}{fit}{tie}")
 
 
 @dataclass
