@@ -195,3 +195,19 @@ def test_cli_prints_plan_and_rejects_bad_sizes(tmp_path, monkeypatch, capsys):
     rc = main(["autoshard", "autoshard_demo_mod:mlp", "--mesh", "x=8", "--args", "f32[4,4]",
                "--memory-limit", "12QB"])
     assert rc == 2 and "is not a size" in capsys.readouterr().err
+
+
+def test_check_rejects_a_program_that_differs_from_fn():
+    from gshard.auto.plan import check_values
+    mesh = make_mesh((2, 4))
+
+    def off(params, x, y):  # the MLP step, 1% off: must not pass the check
+        new, loss = mlp_step(params, x, y)
+        return new, loss * 1.01
+
+    wrong = gshard.partition(off, mesh, in_specs=dp_specs(mesh))
+    with pytest.raises(GShardError, match="differs from the unpartitioned"):
+        check_values(mlp_step, wrong, mlp_args())
+    right = gshard.partition(mlp_step, mesh, in_specs=dp_specs(mesh))
+    assert "gradients with respect to 4 float inputs match" in check_values(mlp_step, right,
+                                                                            mlp_args())

@@ -121,25 +121,72 @@ def example_values(args, seed: int = 0):
 
 
 def check_values(fn, partitioned, args) -> str:
-    """Run the plan and `fn` unpartitioned on the same inputs; raise if they differ."""
-    from ..errors import GShardError
-
+    """Run the plan and `fn` unpartitioned on the same inputs; raise if they differ. Then the
+    same for the gradient of a random projection of the float outputs with respect to the float
+    inputs, partitioned with the plan's specs (skipped, and said so, where gshard cannot
+    partition that gradient program)."""
     vals = example_values(args)
     want = jax.tree_util.tree_leaves(jax.jit(fn)(*vals))
     got = jax.tree_util.tree_leaves(partitioned(*vals))
+    _compare(want, got, "output")
+    return (f"checked: the plan's outputs equal the unpartitioned function's ({len(want)} "
+            f"outputs); {_check_grads(fn, partitioned, vals)}")
+
+
+def _compare(want, got, what: str):
+    from ..errors import GShardError
     for i, (w, g) in enumerate(zip(want, got)):
         w, g = np.asarray(w), np.asarray(g)
-        if w.dtype.kind == "V" or w.dtype.kind == "O":   # typed keys: compare their data
+        if w.dtype.kind in "VO":   # typed PRNG keys
             continue
         tol = 2e-2 if w.dtype.itemsize <= 2 else 1e-4
-        if w.shape != g.shape or not np.allclose(g.astype(np.float64), w.astype(np.float64),
-                                                 rtol=tol, atol=tol):
+        w64, g64 = w.astype(np.float64), g.astype(np.float64)
+        scale = 1.0 + (float(np.max(np.abs(w64))) if w64.size else 0.0)  # float reassociation
+        if w.shape != g.shape or (w64.size and np.max(np.abs(g64 - w64)) > tol * scale):
+            diff = np.max(np.abs(g64 - w64)) if w.shape == g.shape else "shape"
             raise GShardError(
-                f"gshard.autoshard: the chosen plan's output {i} differs from the unpartitioned "
-                f"function (max |diff| {np.max(np.abs(g.astype(float) - w.astype(float)))}); "
-                "this is a gshard bug, not yours.\n  fix: report it with the function and "
-                "shapes; meanwhile pass in_specs= by hand")
-    return f"checked: the plan's outputs equal the unpartitioned function's ({len(want)} outputs)"
+                f"gshard.autoshard: the chosen plan's {what} {i} differs from the unpartitioned "
+                f"function's (max |diff| {diff}, max |value| {scale - 1:.3g}); this is a gshard bug, not yours.\n  fix: "
+                "report it with the function and shapes; meanwhile pass in_specs= by hand")
+
+
+def _floating(x) -> bool:
+    return hasattr(x, "dtype") and jax.numpy.issubdtype(x.dtype, jax.numpy.floating)
+
+
+def _check_grads(fn, partitioned, vals) -> str:
+    import gshard
+    from ..errors import GShardError
+
+    flat, tree = jax.tree_util.tree_flatten(vals)
+    fidx = [i for i, x in enumerate(flat) if _floating(x)]
+    outs = jax.tree_util.tree_leaves(jax.eval_shape(fn, *vals))
+    if not fidx or not any(_floating(o) for o in outs):
+        return "gradients: no float inputs or outputs to differentiate"
+    rng = np.random.default_rng(1)
+    proj = [rng.standard_normal(o.shape).astype(np.float32) if _floating(o) else None
+            for o in outs]
+
+    def scalar(*fl):
+        full = list(flat)
+        for i, x in zip(fidx, fl):
+            full[i] = x
+        res = jax.tree_util.tree_leaves(fn(*jax.tree_util.tree_unflatten(tree, full)))
+        return sum(jax.numpy.sum(o.astype(jax.numpy.float32) * w)   # [] per output
+                   for o, w in zip(res, proj) if w is not None)
+
+    grad_fn = jax.grad(scalar, argnums=tuple(range(len(fidx))))
+    specs = jax.tree_util.tree_leaves(partitioned.in_specs, is_leaf=lambda s: s is None or
+                                      isinstance(s, jax.sharding.PartitionSpec))
+    fl = [flat[i] for i in fidx]
+    try:
+        got = gshard.partition(grad_fn, partitioned.mesh.mesh,
+                               in_specs=tuple(specs[i] for i in fidx))(*fl)
+    except GShardError as e:
+        return f"gradients: not checked (gshard cannot partition them: {str(e).splitlines()[0]})"
+    _compare(jax.tree_util.tree_leaves(jax.jit(grad_fn)(*fl)), jax.tree_util.tree_leaves(got),
+             "gradient")
+    return f"gradients with respect to {len(fidx)} float inputs match"
 
 
 def xla_peak_bytes(low) -> int | None:
