@@ -138,6 +138,24 @@ def test_tied_layers_share_one_decision():
     assert "args[0]['layers'][*]['w'] (3 leaves)" in names, names
     layer_specs = {plan.in_specs[0]["layers"][i]["w"] for i in range(n)}
     assert len(layer_specs) == 1
+    # the stack of 3 is priced from 1- and 2-layer copies; the returned plan in full
+    assert any("priced from 1- and 2-layer copies" in n for n in plan.notes), plan.notes
+    full = hand_price(deep, mesh, (params, sds((B, D), F32)), plan.in_specs)
+    assert plan.predicted["step_s"] == pytest.approx(full.step_time_s, rel=1e-6)
+    assert plan.predicted["peak_bytes"] == int(full.peak_bytes)
+
+
+def test_stack_the_function_cannot_shorten_is_priced_in_full():
+    mesh = make_mesh((8,))
+
+    def three(params, x):  # indexes layers 0..2 itself: a 1-layer copy cannot run
+        w = params["layers"]
+        return jnp.sum(jnp.tanh(x @ w[0]["w"] @ w[1]["w"] @ w[2]["w"]))   # [B, D] -> []
+
+    sds = jax.ShapeDtypeStruct
+    params = {"layers": [{"w": sds((D, D), F32)} for _ in range(3)]}
+    plan = gshard.autoshard(three, mesh, params, sds((B, D), F32), check=False)
+    assert plan.notes and plan.notes[0].startswith("layer stacks priced in full (IndexError")
 
 
 def test_abstract_mesh_plan_is_lowered():

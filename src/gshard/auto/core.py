@@ -11,11 +11,13 @@ from jax.sharding import AbstractMesh, Mesh
 from ..errors import GShardError
 from .plan import (AutoPlan, Decision, candidate_text, check_values, summary_row,
                    xla_peak_bytes)
+from .depth import depth_of
 from .points import annotated_inputs, decision_points, leaves_of, spec_text
 from .price import Pricer, better
 from .search import search
 
 VERIFY_TRIES = 3  # plans tried, best first, when XLA's compiled peak is over the limit
+REPRICE = 3       # with layer stacks extrapolated: the best plans re-priced in full
 
 
 def autoshard(fn, mesh, *args, hardware="cpu", memory_limit=None, in_specs=None,
@@ -40,7 +42,9 @@ def autoshard(fn, mesh, *args, hardware="cpu", memory_limit=None, in_specs=None,
     names = tuple(mesh.axis_names)
     sizes = tuple(int(mesh.shape[n]) for n in names)
     points = decision_points(leaves, names, sizes)
-    pricer = Pricer(fn, mesh, args, leaves, tree, points, hardware, memory_limit)
+    pricer = Pricer(fn, mesh, args, leaves, tree, points, hardware, memory_limit,
+                    depth_of(args, in_specs))
+    pricer.check_depth(base)
     result = search(pricer, leaves, len(args))
     plan = _choose(fn, mesh, args, pricer, result["ranked"], check and not _abstract(mesh))
     plan.search_seconds = time.perf_counter() - t0
@@ -79,11 +83,13 @@ def _choose(fn, mesh, args, pricer: Pricer, ranked: list, verify: bool) -> AutoP
     """The best plan that fits: predicted by the cost model, and on a concrete mesh also by
     XLA's memory analysis of the compiled program; checked against `fn` before returning."""
     fitting = [(a, p) for a, p in ranked if p.fits and not p.error]
+    if pricer.depth:
+        fitting = _in_full(pricer, fitting[:REPRICE])
     if not fitting:
         _no_fit(pricer, ranked)
     over = []
-    for assign, _ in fitting[:VERIFY_TRIES]:
-        plan = _build(fn, mesh, args, pricer, assign, ranked)
+    for assign, price in fitting[:VERIFY_TRIES]:
+        plan = _build(fn, mesh, args, pricer, assign, price, ranked)
         if not verify:
             return plan
         low = plan.partitioned.lower(*args)
@@ -99,6 +105,20 @@ def _choose(fn, mesh, args, pricer: Pricer, ranked: list, verify: bool) -> AutoP
         "memory_limit a little, or use more devices")
 
 
+def _in_full(pricer: Pricer, rows: list) -> list:
+    """Re-price extrapolated plans on the whole program; the fitting ones, best first."""
+    full = [(a, pricer.full_price(a)) for a, _ in rows]
+    full = [(a, p) for a, p in full if p.fits and not p.error]
+    out = []
+    while full:
+        best = 0
+        for j in range(1, len(full)):
+            if better(full[j][1], full[best][1]):
+                best = j
+        out.append(full.pop(best))
+    return out
+
+
 def _no_fit(pricer: Pricer, ranked: list):
     ok = [p for _, p in ranked if not p.error]
     if not ok:
@@ -112,16 +132,23 @@ def _no_fit(pricer: Pricer, ranked: list):
         "use a mesh with more devices, or shrink the model / batch")
 
 
-def _build(fn, mesh, args, pricer: Pricer, assign: tuple, ranked: list) -> AutoPlan:
+def _build(fn, mesh, args, pricer: Pricer, assign: tuple, best, ranked: list) -> AutoPlan:
     """The plan for `assign`: its resolved input specs fixed as in_specs, re-priced as returned."""
     import gshard
 
-    best = pricer(assign)
     in_specs = jax.tree_util.tree_unflatten(pricer.tree, list(best.specs))
     pf = gshard.partition(fn, mesh, in_specs=in_specs)
     low = pf.lower(*args)
     final = pricer.price_lowered(low)
-    rows = [summary_row(pricer, a, p) for a, p in ranked if not p.error]
+    notes = [pricer.depth_note] if pricer.depth_note else []
+    est = pricer(assign)
+    if pricer.depth and not est.error:
+        notes.append(f"chosen plan: extrapolated step {est.step_s:.4g} s, peak "
+                     f"{est.peak_bytes:.0f} B; full lowering {final.step_s:.4g} s, "
+                     f"{final.peak_bytes:.0f} B ({est.step_s / final.step_s - 1:+.1%}, "
+                     f"{est.peak_bytes / final.peak_bytes - 1:+.1%})")
+    ok = [(a, p) for a, p in ranked if not p.error]
+    rows = [summary_row(pricer, a, p) for a, p in ok]
     return AutoPlan(
         in_specs=in_specs, partitioned=pf,
         predicted={"step_s": final.step_s, "peak_bytes": int(final.peak_bytes),
@@ -129,7 +156,9 @@ def _build(fn, mesh, args, pricer: Pricer, assign: tuple, ranked: list) -> AutoP
         candidates=rows, search_seconds=0.0, mesh=low.mesh.describe(), hardware=pricer.hw.name,
         memory_limit=pricer.memory_limit, decisions=_decisions(pricer, assign, low),
         lowerings=pricer.lowerings,
-        failures=[p.error for _, p in ranked if p.error])
+        candidate_in_specs=[jax.tree_util.tree_unflatten(pricer.tree, list(p.specs))
+                            for _, p in ok],
+        failures=[p.error for _, p in ranked if p.error], notes=notes)
 
 
 def _decisions(pricer: Pricer, assign: tuple, low) -> list[Decision]:

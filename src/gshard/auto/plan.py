@@ -62,6 +62,8 @@ class AutoPlan:
     measured_peak_bytes: int | None = None         # XLA's memory analysis (concrete mesh)
     lowerings: int = 0
     failures: list = field(default_factory=list)   # candidates that did not lower
+    candidate_in_specs: list = field(default_factory=list)  # in_specs= of each candidate
+    notes: list = field(default_factory=list)      # how it was priced (layer stacks)
 
     def explain(self) -> str:
         p = self.predicted
@@ -76,6 +78,7 @@ class AutoPlan:
                          f"{_mib(self.measured_peak_bytes)}")
         if self.checked:
             lines.append(self.checked)
+        lines += self.notes
         lines.append("decisions:" if self.decisions else "decisions: none (nothing to choose)")
         lines += [d.line() for d in self.decisions]
         lines += [f"  {path}: kept as you set it ({why})" for path, why in self.fixed]

@@ -37,6 +37,7 @@ class Leaf:
 class Point:
     """One variable of the search: the tied leaves and the specs they may take."""
     name: str               # the representative path (with [*] for tied layer indices)
+    key: tuple              # the tie key (tie_key of its leaves)
     leaves: tuple           # Leaf indices
     shape: tuple
     candidates: tuple       # PartitionSpec or None (AUTO), AUTO first
@@ -133,10 +134,11 @@ def decision_points(leaves: list[Leaf], names: tuple, sizes: tuple) -> list[Poin
         if decidable(leaf):
             groups.setdefault(tie_key(leaf), []).append(leaf)
     points = []
-    for (name, shape, _), members in groups.items():
+    for key, members in groups.items():
+        name, shape, _ = key
         cands = candidates(shape, names, sizes)
         if len(cands) > 1:
-            points.append(Point(name if len(members) > 1 else members[0].path,
+            points.append(Point(name if len(members) > 1 else members[0].path, key,
                                 tuple(m.index for m in members), shape, cands))
     return points
 

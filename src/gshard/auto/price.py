@@ -61,7 +61,8 @@ def better(a: Price, b: Price, tol: float = TOL) -> bool:
 class Pricer:
     """Lowers and prices assignments of `points` for `fn` on `mesh` (cached)."""
 
-    def __init__(self, fn, mesh, args, leaves, tree, points, hardware, memory_limit):
+    def __init__(self, fn, mesh, args, leaves, tree, points, hardware, memory_limit,
+                 depth: int | None = None):
         from ..cost import get_hardware
 
         self.fn, self.mesh, self.args = fn, mesh, args
@@ -72,6 +73,60 @@ class Pricer:
         self.cache: dict = {}
         self.lowerings = 0
         self.lower_seconds = 0.0
+        self.depth = depth          # N: price 1- and 2-layer copies and extrapolate (depth.py)
+        self.depth_note = ""
+        self.views = [self._view(k) for k in (1, 2)] if depth else []
+
+    def _view(self, k: int):
+        """The args with every layer stack cut to k layers, and each leaf's point (or None)."""
+        from .depth import truncate
+        from .points import leaves_of, tie_key
+        targs = truncate(tuple(self.args), k)
+        tleaves, ttree = leaves_of(targs)
+        keymap = {p.key: i for i, p in enumerate(self.points)}
+        return targs, tleaves, ttree, [keymap.get(tie_key(lf)) for lf in tleaves]
+
+    def check_depth(self, base_low):
+        """Keep depth extrapolation only if it prices the propagation-only plan within 10% of
+        its full lowering (`base_low`); otherwise price every plan in full."""
+        if not self.depth:
+            return
+        full = self.price_lowered(base_low)
+        try:
+            est = self._price_views((0,) * len(self.points))
+        except Exception as e:  # noqa: BLE001 - fn may not take a shorter stack
+            est, why = None, f"{type(e).__name__}: {e}"
+        if est is not None and not est.error and abs(est.step_s / full.step_s - 1) <= 0.10:
+            self.depth_note = (f"layer stacks of {self.depth} priced from 1- and 2-layer copies "
+                               f"(propagation-only plan: {est.step_s / full.step_s - 1:+.1%} "
+                               "against its full lowering)")
+            return
+        if est is not None:
+            why = est.error or f"extrapolation {est.step_s / full.step_s - 1:+.1%} off"
+        self.depth_note = f"layer stacks priced in full ({why})"
+        self.depth, self.views = None, []
+        self.cache.clear()
+
+    def _price_views(self, assign: tuple) -> Price:
+        import gshard
+        from .depth import extrapolate, full_specs
+        from .points import tie_key
+        prices = []
+        for targs, tleaves, ttree, pidx in self.views:
+            specs = [None if i is None else self.points[i].candidates[assign[i]] for i in pidx]
+            low = gshard.partition(self.fn, self.mesh, in_specs=jax.tree_util.tree_unflatten(
+                ttree, specs)).lower(*targs)
+            prices.append(self.price_lowered(low))
+        specs = full_specs(self.leaves, self.views[1][1], prices[1].specs, tie_key)
+        return extrapolate(prices[0], prices[1], self.depth, self.memory_limit, specs)
+
+    def full_price(self, assign: tuple) -> Price:
+        """The price of the whole program (no extrapolation)."""
+        from ..errors import GShardError
+        try:
+            return self.price_lowered(self.lower(assign)[1])
+        except GShardError as e:
+            return failed(f"{type(e).__name__}: {str(e).splitlines()[0]}")
 
     def in_specs(self, assign: tuple) -> tuple:
         """The in_specs pytree (matching args) of an assignment: the user's fixed specs, the
@@ -97,6 +152,8 @@ class Pricer:
         from ..errors import GShardError
         t0 = time.perf_counter()
         try:
+            if self.depth:
+                return self._price_views(assign)
             _, low = self.lower(assign)
         except GShardError as e:  # e.g. a candidate the user's annotations cannot take
             return failed(f"{type(e).__name__}: {str(e).splitlines()[0]}")
