@@ -1,5 +1,7 @@
 """gshard.autoshard: the plan is priced by the real partitioner + cost model, fits memory,
 keeps the user's annotations, is deterministic, and bad input gets one clear error."""
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -143,6 +145,29 @@ def test_tied_layers_share_one_decision():
     full = hand_price(deep, mesh, (params, sds((B, D), F32)), plan.in_specs)
     assert plan.predicted["step_s"] == pytest.approx(full.step_time_s, rel=1e-6)
     assert plan.predicted["peak_bytes"] == int(full.peak_bytes)
+
+
+class Net(NamedTuple):
+    layers: list
+    head: jax.ShapeDtypeStruct
+
+
+def test_attribute_paths_tie_and_truncate():
+    mesh = make_mesh((8,))
+
+    def net(p, x):
+        for layer in p.layers:
+            x = jnp.tanh(x @ layer)                          # [B, D]
+        return jnp.sum((x @ p.head) ** 2)                    # [B, H] -> []
+
+    sds = jax.ShapeDtypeStruct
+    params = Net([sds((D, D), F32) for _ in range(3)], sds((D, H), F32))
+    plan = gshard.autoshard(net, mesh, params, sds((B, D), F32))
+    names = [d.point for d in plan.decisions]
+    assert "args[0].layers[*] (3 leaves)" in names and "args[0].head" in names, names
+    assert isinstance(plan.in_specs[0], Net) and len(set(plan.in_specs[0].layers)) == 1
+    assert any("priced from 1- and 2-layer copies" in n for n in plan.notes), plan.notes
+    assert "gradients with respect to 5 float inputs match" in plan.checked
 
 
 def test_stack_the_function_cannot_shorten_is_priced_in_full():

@@ -27,6 +27,10 @@ def _identical(items) -> bool:
     return bool(sig)
 
 
+def _named(tree) -> bool:
+    return isinstance(tree, tuple) and hasattr(tree, "_fields")
+
+
 def stack_lengths(tree, top: bool = True) -> set:
     """The lengths of the layer stacks inside `tree` (the args tuple itself is not one)."""
     out = set()
@@ -34,7 +38,7 @@ def stack_lengths(tree, top: bool = True) -> set:
         for v in tree.values():
             out |= stack_lengths(v, False)
     elif isinstance(tree, (list, tuple)):
-        if not top and len(tree) >= MIN_LAYERS and _identical(list(tree)):
+        if not top and not _named(tree) and len(tree) >= MIN_LAYERS and _identical(list(tree)):
             out.add(len(tree))
         for v in tree:
             out |= stack_lengths(v, False)
@@ -45,7 +49,9 @@ def truncate(tree, k: int, top: bool = True):
     """`tree` with every layer stack cut to its first `k` layers."""
     if isinstance(tree, dict):
         return type(tree)((key, truncate(v, k, False)) for key, v in tree.items())
-    if isinstance(tree, (list, tuple)) and not hasattr(tree, "_fields"):
+    if _named(tree):  # a NamedTuple: its fields are not a stack
+        return type(tree)(*(truncate(v, k, False) for v in tree))
+    if isinstance(tree, (list, tuple)):
         items = list(tree)
         if not top and len(items) >= MIN_LAYERS and _identical(items):
             items = items[:k]

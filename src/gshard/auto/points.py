@@ -13,6 +13,7 @@ reads the input directly) are not decision points: they keep the user's choice.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import jax
@@ -20,6 +21,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 MAX_CANDIDATES = 16
+_INDEX = re.compile(r"\[\d+\]")
 AUTO = None  # the candidate "no in_spec: propagation decides"
 
 
@@ -80,15 +82,10 @@ def tie_key(leaf: Leaf) -> tuple:
 
 
 def _wildcard(path: str) -> str:
-    """args[0]['layers'][3]['wq'] -> args[0]['layers'][*]['wq'] (the argument index is kept)."""
-    head, rest = path[: path.index("]") + 1], path[path.index("]") + 1:]
-    out, i = [], 0
-    while i < len(rest):
-        j = rest.find("]", i)
-        part = rest[i: j + 1]
-        out.append("[*]" if part[1:-1].isdigit() else part)
-        i = j + 1
-    return head + "".join(out)
+    """args[0]['layers'][3]['wq'] -> args[0]['layers'][*]['wq'] (the argument index is kept;
+    attribute paths such as args[0].layers[3].w the same)."""
+    cut = path.index("]") + 1
+    return path[:cut] + _INDEX.sub("[*]", path[cut:])
 
 
 def decidable(leaf: Leaf) -> bool:
