@@ -151,6 +151,7 @@ def test_tied_layers_share_one_decision():
     assert len(layer_specs) == 1
     # the stack of 3 is priced from 1- and 2-layer copies; the returned plan in full
     assert any("priced from 1- and 2-layer copies" in n for n in plan.notes), plan.notes
+    assert {c["priced"] for c in plan.candidates} == {"1- and 2-layer copies, extrapolated"}
     full = hand_price(deep, mesh, (params, sds((B, D), F32)), plan.in_specs)
     assert plan.predicted["step_s"] == pytest.approx(full.step_time_s, rel=1e-6)
     assert plan.predicted["peak_bytes"] == int(full.peak_bytes)

@@ -204,6 +204,7 @@ def xla_peak_bytes(low) -> int | None:
 def summary_row(pricer, assign: tuple, price: Price) -> dict:
     row = price.as_dict()
     row["summary"] = pricer.summary(assign)
+    row["priced"] = "1- and 2-layer copies, extrapolated" if pricer.depth else "full lowering"
     row["in_specs"] = [str(s) for s in price.specs]
     return row
 
