@@ -29,11 +29,15 @@ def __getattr__(name):
     if name in ("partition", "Partitioned", "Lowered"):
         from . import api
         return getattr(api, name)
+    if name in ("autoshard", "AutoPlan"):
+        from . import auto as _auto
+        return getattr(_auto, name)
     if name == "moe":
         import importlib
         return importlib.import_module(".moe", __name__)
     raise AttributeError(name)
 
 
-__all__ = ["replicate", "split", "mesh_split", "shard", "partition", "manual", "ShardingSpec",
+__all__ = ["replicate", "split", "mesh_split", "shard", "partition", "autoshard", "manual",
+           "ShardingSpec",
            "GShardError", "AnnotationError", "UnsupportedPrimitiveError"]

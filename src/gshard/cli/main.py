@@ -15,6 +15,7 @@ SUBCOMMANDS = {  # name -> module with add_parser(subparsers) and run(args)
     "eval": "gshard.cli.eval_cmd",
     "translate": "gshard.cli.translate_cmd",
     "fuzz": "gshard.cli.fuzz_cmd",
+    "autoshard": "gshard.cli.autoshard_cmd",
 }
 
 
