@@ -33,7 +33,7 @@ def autoshard(fn, mesh, *args, hardware="cpu", memory_limit=None, in_specs=None,
     must fit `memory_limit` too."""
     t0 = time.perf_counter()
     _check_inputs(mesh, memory_limit, hardware)
-    import gshard
+    from .. import api as gshard
 
     leaves, tree = leaves_of(args, in_specs)
     base = gshard.partition(fn, mesh, in_specs=in_specs).lower(*args)
@@ -134,7 +134,7 @@ def _no_fit(pricer: Pricer, ranked: list):
 
 def _build(fn, mesh, args, pricer: Pricer, assign: tuple, best, ranked: list) -> AutoPlan:
     """The plan for `assign`: its resolved input specs fixed as in_specs, re-priced as returned."""
-    import gshard
+    from .. import api as gshard
 
     in_specs = jax.tree_util.tree_unflatten(pricer.tree, list(best.specs))
     pf = gshard.partition(fn, mesh, in_specs=in_specs)

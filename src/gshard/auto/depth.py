@@ -68,18 +68,6 @@ def depth_of(args, in_specs) -> int | None:
     return lengths.pop() if len(lengths) == 1 else None
 
 
-def extrapolate(p1, p2, n: int, memory_limit: float, specs: tuple):
-    """The N-layer price from the 1- and 2-layer ones (see the module docstring)."""
-    from .price import Price, failed
-    if p1.error or p2.error:
-        return failed(p1.error or p2.error)
-    lin = lambda a, b: a + (n - 1) * (b - a)  # noqa: E731
-    peak = lin(p1.peak_bytes, p2.peak_bytes)
-    return Price(lin(p1.step_s, p2.step_s), peak, lin(p1.collective_bytes, p2.collective_bytes),
-                 lin(p1.compute_s, p2.compute_s), lin(p1.collective_s, p2.collective_s),
-                 peak <= memory_limit, specs)
-
-
 def full_specs(full_leaves, view_leaves, view_specs, key_of) -> tuple:
     """Each full leaf's spec from the 2-layer view: the same tie key, its occurrence clamped to
     the view's last (layer i >= 1 of N takes layer 1's spec)."""

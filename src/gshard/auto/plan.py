@@ -158,7 +158,7 @@ def _floating(x) -> bool:
 
 
 def _check_grads(fn, partitioned, vals) -> str:
-    import gshard
+    from .. import api as gshard
     from ..errors import GShardError
 
     flat, tree = jax.tree_util.tree_flatten(vals)

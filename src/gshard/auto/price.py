@@ -39,6 +39,17 @@ def failed(error: str) -> Price:
     return Price(inf, inf, inf, inf, inf, False, (), error)
 
 
+def extrapolate(p1, p2, n: int, memory_limit: float, specs: tuple):
+    """The N-layer price from the 1- and 2-layer ones (see depth.py's docstring)."""
+    if p1.error or p2.error:
+        return failed(p1.error or p2.error)
+    lin = lambda a, b: a + (n - 1) * (b - a)  # noqa: E731
+    peak = lin(p1.peak_bytes, p2.peak_bytes)
+    return Price(lin(p1.step_s, p2.step_s), peak, lin(p1.collective_bytes, p2.collective_bytes),
+                 lin(p1.compute_s, p2.compute_s), lin(p1.collective_s, p2.collective_s),
+                 peak <= memory_limit, specs)
+
+
 def better(a: Price, b: Price, tol: float = TOL) -> bool:
     """Is `a` clearly better than `b`? Fitting beats not fitting; two plans over the limit
     compare by peak memory; two that fit by step time (a gap under `tol` is a tie), then
@@ -108,8 +119,8 @@ class Pricer:
         self.cache.clear()
 
     def _price_views(self, assign: tuple) -> Price:
-        import gshard
-        from .depth import extrapolate, full_specs
+        from .. import api as gshard
+        from .depth import full_specs
         from .points import tie_key
         prices = []
         for targs, tleaves, ttree, pidx in self.views:
@@ -138,7 +149,7 @@ class Pricer:
         return jax.tree_util.tree_unflatten(self.tree, specs)
 
     def lower(self, assign: tuple):
-        import gshard
+        from .. import api as gshard
         pf = gshard.partition(self.fn, self.mesh, in_specs=self.in_specs(assign))
         return pf, pf.lower(*self.args)
 
