@@ -1,5 +1,5 @@
 """The random-program fuzzer in CI: a fixed-seed hypothesis budget per mesh, forward and
-value_and_grad, every program compared with jax.jit (and eager where the two disagree).
+value_and_grad, called directly or from an outer jax.jit / jax.value_and_grad, every program compared with jax.jit (and eager where the two disagree).
 
 Long campaigns: `gshard fuzz --cases 10000 --seed S --jobs 2` (docs/testing.md).
 """
@@ -25,6 +25,8 @@ PASS = ("ok", "refused", "xla_reference", "unstable", "invalid", "tie")
 def test_random_programs(mesh, data):
     grad = data.draw(st.booleans(), label="value_and_grad")
     prog = hypothesis_program(data, mesh, grad)
+    outer = data.draw(st.sampled_from(("none", "grad" if grad else "jit")), label="called")
+    prog = prog.replace(outer=outer)  # directly, under jax.jit, or jax.grad from outside
     note(script(prog, "under test", ""))
     out = run_case(prog)
     assert out.klass in PASS, f"{out.klass}: {out.detail}\n{prog.body_source()}"
@@ -44,6 +46,16 @@ def test_case_is_replayable_from_seed_and_index():
     a, b = random_program(3, 11), random_program(3, 11)
     assert a.body_source() == b.body_source() and a.args_source() == b.args_source()
     assert random_program(3, 12).body_source() != a.body_source()
+    assert a.outer == b.outer
+
+
+def test_a_third_of_a_campaign_calls_the_partitioned_function_from_outside():
+    progs = [random_program(5, i) for i in range(90)]
+    outer = [p for p in progs if p.outer != "none"]
+    assert 15 <= len(outer) <= 45
+    assert all(p.outer == ("grad" if p.grad else "jit") for p in outer)
+    src = next(p for p in outer if p.outer == "grad").gshard_source()
+    assert "jax.value_and_grad(loss_of(partitioned)" in src and "gshard.partition(f, mesh)" in src
 
 
 @pytest.mark.parametrize("shape", [(4, 6), (3,), (2, 2, 5)])

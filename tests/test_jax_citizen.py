@@ -1,6 +1,8 @@
 """A partitioned function behaves like the jax.jit function it stands in for: JAX's default
 (Explicit) meshes, outputs that mix with the user's arrays, jax.jit / jax.grad / jax.vmap around
 it, checked manual regions, clear errors, float16 sums at float32, source lines everywhere."""
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -235,3 +237,37 @@ def test_library_models_have_source_lines():
     low = gshard.partition(fn, mesh).lower(x, wg, wi, wo)
     assert low.collectives
     assert all("gshard/moe/" in c.source for c in low.collectives), [c.source for c in low.collectives]
+
+
+def test_moe_layer_without_mesh_axes_under_partition_warns_at_the_callers_line():
+    from gshard.moe.layer import moe_layer
+    k = jax.random.split(jax.random.key(0), 4)
+    x = jax.random.normal(k[0], (8, 16, 8))                        # [G, S, M]
+    wg = jax.random.normal(k[1], (8, 4))                           # [M, E]
+    wi = jax.random.normal(k[2], (4, 8, 16))                       # [E, M, H]
+    wo = jax.random.normal(k[3], (4, 16, 8))                       # [E, H, M]
+    mesh = jax.make_mesh((8,), ("x",))
+
+    def unsplit(x, wg, wi, wo):
+        return moe_layer(x, wg, wi, wo, dispatch="gather")[0]
+
+    def whole(x, wg, wi, wo):
+        return moe_layer(x, wg, wi, wo, dispatch="gather", mesh_axes=())[0]
+
+    with pytest.warns(UserWarning, match=r"4 experts are not split.*mesh_axes=\(\)") as rec:
+        got = gshard.partition(unsplit, mesh)(x, wg, wi, wo)
+    assert rec[0].filename == __file__
+    np.testing.assert_allclose(got, unsplit(x, wg, wi, wo), rtol=1e-5, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gshard.partition(whole, mesh)(x, wg, wi, wo)   # opted out: quiet
+        unsplit(x, wg, wi, wo)                          # outside gshard.partition: quiet
+
+
+def test_a_constant_output_has_a_source_and_its_value():
+    mesh = jax.make_mesh((8,), ("x",))
+    x = np.arange(16, dtype=np.float32)
+    pf = gshard.partition(lambda x: (gshard.mesh_split(x, ("x",)) * 2, jnp.float32(0.5)), mesh)
+    y, c = pf(x)
+    np.testing.assert_array_equal(y, x * 2)
+    assert float(c) == 0.5

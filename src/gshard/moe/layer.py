@@ -13,6 +13,7 @@ Annotations (off by default, identity outside gshard.partition):
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Optional
 
 import jax
@@ -191,6 +192,20 @@ def scatter_combine_major(expert_out, slot_token, slot_gate, group_size):
 
 
 # ----- the layer ---------------------------------------------------------------------------------
+def _warn_unsplit(E: int) -> None:
+    """Under gshard.partition on several devices, a layer with no mesh_axes/num_partitions keeps
+    all E experts on every device: said once per trace, never silently."""
+    from ..manual import current_partition_mesh
+    mesh = current_partition_mesh()
+    if mesh is None or mesh.size <= 1:
+        return
+    warnings.warn(
+        f"moe_layer: no mesh_axes / num_partitions under gshard.partition on "
+        f"{mesh.describe()}, so its {E} experts are not split (every device holds and runs all "
+        f"of them). Pass mesh_axes=<axis name(s)> (or MoEAxes(group=, expert=)) to split them, "
+        f"or mesh_axes=() to keep them whole on purpose.", stacklevel=3)
+
+
 def moe_layer(inputs, wg, wi, wo, *, dispatch="einsum", kind="top2", k=2, capacity=None,
               capacity_factor=2.0, second_expert_policy="all", second_expert_threshold=0.5,
               rng=None, paddings=None, jitter_eps=0.0, activation=jax.nn.relu,
@@ -213,6 +228,8 @@ def moe_layer(inputs, wg, wi, wo, *, dispatch="einsum", kind="top2", k=2, capaci
     _check_shapes(inputs, wg, wi, wo)
     _check_shared(inputs, shared_wi, shared_wo)
     ann = _Annotator(mesh_axes, num_partitions)
+    if mesh_axes is None and num_partitions is None:
+        _warn_unsplit(wi.shape[0])
     inputs = ann.group_split(inputs)                                      # [G, S, M]
     wg = ann.router(wg)                                                   # [M, E]
     wi, wo = ann.expert_weight(wi, 2), ann.expert_weight(wo, 1)           # [E, M, H], [E, H, M]

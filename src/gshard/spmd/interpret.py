@@ -35,13 +35,16 @@ def run_graph(ctx: Ctx, graph: Graph, prop: Propagation, local_args) -> list:
 
 def output_sources(graph: Graph) -> list[str]:
     """Per program output, the user's line that computed it."""
-    producer = {o: e for e in graph.eqns for o in e.outputs}
+    producer = {id(o): e for e in graph.eqns for o in e.outputs}
+    inputs = {id(v) for v in graph.invars}
     out = []
     for i, x in enumerate(graph.outvars):
-        if x in producer:
-            out.append(f"{producer[x].where} (output {i})")
-        else:
+        if id(x) in producer:
+            out.append(f"{producer[id(x)].where} (output {i})")
+        elif id(x) in inputs:
             out.append(f"output {i} (an input returned unchanged)")
+        else:
+            out.append(f"output {i} (a constant)")
     return out
 
 

@@ -59,13 +59,19 @@ def _case(seed: int, index: int, shrink: bool) -> dict:
 
     prog = random_program(seed, index)
     out = run_case(prog)
-    res = {"class": out.klass, "detail": out.detail, "mode": "gradient" if prog.grad else "forward",
+    res = {"class": out.klass, "detail": out.detail, "mode": _mode(prog),
            "families": prog.families(), "mesh": prog.mesh}
     if shrink and out.klass in ("wrong", "crash"):
         small = shrink_program(prog, lambda p: run_case(p).klass == out.klass)
         detail = run_case(small).detail
         res["script"] = script(small, out.klass, f"case {index} of seed {seed}\n{detail}")
     return res
+
+
+def _mode(prog) -> str:
+    base = "gradient" if prog.grad else "forward"
+    return {"none": base, "jit": f"{base} under jax.jit",
+            "grad": "jax.grad of the partitioned function"}[prog.outer]
 
 
 def worker_main():

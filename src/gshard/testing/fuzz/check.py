@@ -20,7 +20,6 @@ from collections import Counter
 import jax
 import numpy as np
 
-import gshard
 from gshard.errors import GShardError
 
 from .program import Program
@@ -45,8 +44,8 @@ def run_case(prog: Program) -> Outcome:
     except Exception as e:  # noqa: BLE001
         return Outcome("invalid", f"{type(e).__name__}: {e}"[:2000])
     try:
-        pf = gshard.partition(target, mesh)
-        got = pf(*args)
+        run, pf, _ = prog.build_gshard()
+        got = run(*args)
         low = pf.lower(*args)
     except GShardError as e:
         return _refused(e)

@@ -130,7 +130,17 @@ def random_program(seed: int, index: int, mesh: str | None = None, grad: bool | 
     ch = RandomChooser([seed, index])
     mesh = mesh or ch.pick(list(MESHES))
     grad = ch.coin(0.5) if grad is None else grad
-    return generate(ch, mesh, grad, seed=seed * 1_000_003 + index)
+    prog = generate(ch, mesh, grad, seed=seed * 1_000_003 + index)
+    return prog.replace(outer=outer_mode(seed, index, grad))
+
+
+def outer_mode(seed: int, index: int, grad: bool) -> str:
+    """One case in three calls the partitioned function from outside: under jax.jit (forward
+    programs) or differentiated by jax.value_and_grad (gradient programs). Drawn from its own
+    stream, so a seed's programs are the ones it always made."""
+    if np.random.default_rng([seed, index, 3]).random() >= 1 / 3:
+        return "none"
+    return "grad" if grad else "jit"
 
 
 def hypothesis_program(data, mesh: str, grad: bool) -> Program:

@@ -47,6 +47,9 @@ class Op:
         return f"{lhs} = {self.fmt.format(*self.args)}"
 
 
+OUTER = ("none", "jit", "grad")  # called directly; under jax.jit; jax.value_and_grad outside
+
+
 @dataclass(frozen=True)
 class Program:
     mesh: str
@@ -55,6 +58,7 @@ class Program:
     outputs: tuple[str, ...]
     grad: bool = False
     seed: int = 0
+    outer: str = "none"     # how the partitioned function is called: OUTER
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 
     # ----- queries ------------------------------------------------------------------------------
@@ -96,11 +100,25 @@ class Program:
         """`target`: the function compared (f, or value_and_grad of a loss of f's outputs)."""
         if not self.grad:
             return "target = f"
-        argnums = tuple(self.float_inputs())
-        return ("def loss(*a):\n"
-                "    outs = [o for o in f(*a) if jnp.issubdtype(o.dtype, jnp.floating)]\n"
-                "    return sum(jnp.sum(jnp.sin(o + 0.25 * k)) for k, o in enumerate(outs))\n"
-                f"target = jax.value_and_grad(loss, argnums={argnums})")
+        return ("def loss_of(fn):\n"
+                "    def loss(*a):\n"
+                "        outs = [o for o in fn(*a) if jnp.issubdtype(o.dtype, jnp.floating)]\n"
+                "        return sum(jnp.sum(jnp.sin(o + 0.25 * k)) for k, o in enumerate(outs))\n"
+                "    return loss\n"
+                f"target = jax.value_and_grad(loss_of(f), argnums={self.argnums()})")
+
+    def argnums(self) -> tuple[int, ...]:
+        return tuple(self.float_inputs())
+
+    def gshard_source(self) -> str:
+        """`partitioned` (the gshard.partition whose lowering is checked) and `run` (how the
+        program calls it: directly, under jax.jit, or differentiated from outside)."""
+        if self.outer == "grad":
+            return ("partitioned = gshard.partition(f, mesh)\n"
+                    f"run = jax.jit(jax.value_and_grad(loss_of(partitioned), "
+                    f"argnums={self.argnums()}))")
+        wrap = "jax.jit(partitioned)" if self.outer == "jit" else "partitioned"
+        return f"partitioned = gshard.partition(target, mesh)\nrun = {wrap}"
 
     def mesh_source(self) -> str:
         """`mesh` for gshard, `auto_mesh` for the program's with_sharding_constraint calls, and
@@ -125,6 +143,14 @@ class Program:
         if reference:
             ns["auto_mesh"] = ns["one_device"]
         return ns["target"], ns["args"], ns["mesh"]
+
+    def build_gshard(self):
+        """(run, partitioned, args): the gshard side as gshard_source() renders it."""
+        ns = namespace()
+        for src in (self.mesh_source(), self.body_source(), self.args_source(),
+                    self.target_source(), self.gshard_source()):
+            exec(src, ns)  # noqa: S102 - our own generated program
+        return ns["run"], ns["partitioned"], ns["args"]
 
 
 def namespace() -> dict:
@@ -164,7 +190,8 @@ from gshard.testing import assert_close
 real_mesh, auto_mesh = auto_mesh, one_device  # the reference: unpartitioned
 ref = jax.jit(target)(*args)
 auto_mesh = real_mesh
-got = gshard.partition(target, mesh)(*args)
+{gshard}
+got = run(*args)
 assert_close(got, ref, rtol=2e-3, atol=2e-3)
 print("ok: gshard matches jax.jit")
 '''
@@ -173,4 +200,4 @@ print("ok: gshard matches jax.jit")
 def script(prog: Program, klass: str, detail: str) -> str:
     return SCRIPT.format(klass=klass, detail=detail.strip(), body=prog.body_source(),
                          args=prog.args_source(), target=prog.target_source(),
-                         mesh=prog.mesh_source())
+                         mesh=prog.mesh_source(), gshard=prog.gshard_source())

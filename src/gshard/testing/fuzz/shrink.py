@@ -34,7 +34,9 @@ def _rename(prog: Program, old: str, new: str, after: int) -> Program:
 
 def candidates(prog: Program):
     """Smaller variants of `prog`, most aggressive first."""
-    if prog.grad:
+    if prog.outer != "none":
+        yield prog.replace(outer="none")
+    if prog.grad and prog.outer != "grad":
         yield prog.replace(grad=False)
     for k in range(len(prog.outputs)):
         if len(prog.outputs) > 1:
@@ -60,7 +62,7 @@ def shrink(prog: Program, fails: Callable[[Program], bool], budget: int = 200) -
     tried: set = set()
     while budget > 0:
         for cand in candidates(prog):
-            key = cand.body_source() + str(cand.grad)
+            key = cand.body_source() + str(cand.grad) + cand.outer
             if key in tried:
                 continue
             tried.add(key)
