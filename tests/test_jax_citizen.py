@@ -271,3 +271,18 @@ def test_a_constant_output_has_a_source_and_its_value():
     y, c = pf(x)
     np.testing.assert_array_equal(y, x * 2)
     assert float(c) == 0.5
+
+
+def test_placed_arrays_skip_lowering_and_placement_and_others_do_not(monkeypatch):
+    mesh = jax.make_mesh((8,), ("x",))
+    pf = gshard.partition(lambda x, w: gshard.mesh_split(x, ("x", None)) @ w, mesh)
+    x, w = np.ones((16, 8), np.float32), np.arange(32, dtype=np.float32).reshape(8, 4)
+    y = pf(x, w)
+    xs, ws = pf.lower(x, w).program.place([x, w])
+    with monkeypatch.context() as m:
+        m.setattr(pf, "lower", lambda *a: pytest.fail("placed arrays were lowered again"))
+        np.testing.assert_array_equal(pf(xs, ws), y)
+        np.testing.assert_array_equal(pf({"a": xs}["a"], ws), y)
+    other = jax.device_put(x, NamedSharding(mesh, P(None, "x")))   # placed another way
+    np.testing.assert_array_equal(pf(other, ws), x @ w)
+    assert pf(other, ws).sharding.spec == P("x", None)

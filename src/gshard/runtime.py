@@ -37,6 +37,7 @@ class Program:
     padded_shapes: list = field(default_factory=list)
     fn: Any = None             # the jitted program (no donation), for calls under jax transforms
     mesh: Any = None           # the device mesh it runs on (the user's own mesh object)
+    in_dtypes: list = field(default_factory=list)
     _compiled: Any = None
 
     @property
@@ -57,6 +58,8 @@ class Program:
     def place(self, args) -> list:
         """Each input padded to whole tiles and placed by its spec: no device holds an uneven
         input whole."""
+        if self.in_shapes == self.padded_shapes:  # one batched transfer
+            return jax.device_put(list(args), list(self.in_shardings))
         return [_place_one(a, n, p, s) for a, n, p, s in
                 zip(args, self.in_shapes, self.padded_shapes, self.in_shardings)]
 
@@ -136,7 +139,8 @@ def build(graph, prop, mesh: MeshInfo, avals, donate=()) -> Program:
                          donate_argnums=tuple(donate)).trace(*typed)
     fn = jax.jit(outer, in_shardings=ins, out_shardings=outs)
     return Program(traced, _inner(traced.jaxpr), list(holder["rec"].records), list(ins),
-                   list(outs), in_shapes, padded, fn=fn, mesh=device_mesh)
+                   list(outs), in_shapes, padded, fn=fn, mesh=device_mesh,
+                   in_dtypes=[a.dtype for a in avals])
 
 
 # ----- the user's mesh axis types -----------------------------------------------------------------
