@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(BIN)/gshard run
 
 test: $(STAMP)
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(BIN)/python -m pytest -n 2 tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(BIN)/python -m pytest -n 2 --dist loadgroup tests
 
 clean:
 	rm -rf $(VENV)

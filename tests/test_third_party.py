@@ -64,6 +64,7 @@ def _resnet50_unpartitioned():
     return jax.jit(step)(*args)
 
 
+@pytest.mark.xdist_group("resnet50")  # one worker: the two splits share one reference step
 @pytest.mark.parametrize("spatial", [False, True], ids=["batch-8", "spatial-2x4"])
 def test_haiku_resnet50_train_step(spatial):
     """haiku's ResNet-50 as shipped: one SGD step (BatchNorm state updated) partitioned, batch
