@@ -134,13 +134,19 @@ def build(graph, prop, mesh: MeshInfo, avals, donate=()) -> Program:
                        in_shapes, padded)
     ins = tuple(NamedSharding(device_mesh, placement_pspec(device_mesh, p)) for p in in_p)
     outs = tuple(NamedSharding(device_mesh, e) for e in even)
-    with mesh_context(device_mesh):
-        traced = jax.jit(outer, in_shardings=ins, out_shardings=outs,
-                         donate_argnums=tuple(donate)).trace(*typed)
-    fn = jax.jit(outer, in_shardings=ins, out_shardings=outs)
+    traced, fn = _jit(outer, typed, ins, outs, donate, device_mesh)
     return Program(traced, _inner(traced.jaxpr), list(holder["rec"].records), list(ins),
                    list(outs), in_shapes, padded, fn=fn, mesh=device_mesh,
                    in_dtypes=[a.dtype for a in avals])
+
+
+def _jit(outer, typed, ins, outs, donate, device_mesh):
+    """The traced program (donating as asked) and its jax.jit without donation (for calls under
+    the user's jax transforms)."""
+    with mesh_context(device_mesh):
+        traced = jax.jit(outer, in_shardings=ins, out_shardings=outs,
+                         donate_argnums=tuple(donate)).trace(*typed)
+    return traced, jax.jit(outer, in_shardings=ins, out_shardings=outs)
 
 
 # ----- the user's mesh axis types -----------------------------------------------------------------

@@ -60,6 +60,14 @@ def config_from_args(args, extra=()):
     return load_config(args.preset, ov + list(args.overrides))
 
 
+def _restart(args, proc, start_over) -> None:
+    if proc.multi:
+        raise ValueError("--restart works in a single process: run `gshard train --workdir "
+                         f"{args.workdir} --restart --steps 1` once, then the processes")
+    for path in start_over(args.workdir):
+        print(f"--restart: deleted {path}", file=sys.stderr)
+
+
 def run(args) -> int:
     from gshard.train.config import ConfigError
     from gshard.train.distributed import MeshError, process_spec
@@ -74,12 +82,8 @@ def run(args) -> int:
                             args.heartbeat_timeout)
         if not proc.multi:     # everything checked before anything is downloaded or written
             check_run(cfg, args.workdir, args.mesh, restart=args.restart)
-        if args.restart and proc.multi:
-            raise ValueError("--restart works in a single process: run `gshard train --workdir "
-                             f"{args.workdir} --restart --steps 1` once, then the processes")
         if args.restart:
-            for path in start_over(args.workdir):
-                print(f"--restart: deleted {path}", file=sys.stderr)
+            _restart(args, proc, start_over)
         if not proc.multi:
             from gshard.cli.data_cmd import ensure_data  # a fresh clone: prepare the corpus first
             ensure_data(cfg, log=lambda m: print(m.replace("[1/4] ", ""), file=sys.stderr))

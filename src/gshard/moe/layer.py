@@ -192,6 +192,16 @@ def scatter_combine_major(expert_out, slot_token, slot_gate, group_size):
 
 
 # ----- the layer ---------------------------------------------------------------------------------
+def _check_args(dispatch, route_kwargs, inputs, wg, wi, wo, shared_wi, shared_wo) -> None:
+    if dispatch not in DISPATCH:
+        raise ValueError(f"dispatch must be one of {DISPATCH}, got {dispatch!r}")
+    if route_kwargs and dispatch != "dropless":
+        raise ValueError(f"{sorted(route_kwargs)} are route() arguments, used only with "
+                         f"dispatch='dropless' (got dispatch={dispatch!r})")
+    _check_shapes(inputs, wg, wi, wo)
+    _check_shared(inputs, shared_wi, shared_wo)
+
+
 def _warn_unsplit(E: int) -> None:
     """Under gshard.partition on several devices, a layer with no mesh_axes/num_partitions keeps
     all E experts on every device: said once per trace, never silently."""
@@ -220,13 +230,7 @@ def moe_layer(inputs, wg, wi, wo, *, dispatch="einsum", kind="top2", k=2, capaci
     normalize, scale), every token to all k experts, nothing dropped (moe/dropless.py; `block`
     is its row block B). shared_wi [M, F] / shared_wo [F, M]: a dense FFN every token also takes
     (DeepSeekMoE's shared experts), added to the routed output."""
-    if dispatch not in DISPATCH:
-        raise ValueError(f"dispatch must be one of {DISPATCH}, got {dispatch!r}")
-    if route_kwargs and dispatch != "dropless":
-        raise ValueError(f"{sorted(route_kwargs)} are route() arguments, used only with "
-                         f"dispatch='dropless' (got dispatch={dispatch!r})")
-    _check_shapes(inputs, wg, wi, wo)
-    _check_shared(inputs, shared_wi, shared_wo)
+    _check_args(dispatch, route_kwargs, inputs, wg, wi, wo, shared_wi, shared_wo)
     ann = _Annotator(mesh_axes, num_partitions)
     if mesh_axes is None and num_partitions is None:
         _warn_unsplit(wi.shape[0])
