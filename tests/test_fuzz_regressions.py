@@ -225,7 +225,8 @@ def test_nan_in_one_shard_wins_the_reduction(fn):
 
 def test_padded_tiles_pass_through_elementwise_math():
     """A split finer than its dim (6 rows over 8 devices: ZeRO's update of a small parameter)
-    stays split through elementwise math between operands that hold it: no gather, right values."""
+    stays split through elementwise math between operands that hold it: no gather but the
+    output's own (a jax.Array holds no uneven split), right values."""
     import gshard
     mesh = jax.make_mesh((8,), ("x",))
 
@@ -237,7 +238,8 @@ def test_padded_tiles_pass_through_elementwise_math():
             enumerate([(6,), (3, 6)])]
     pf = gshard.partition(f, mesh)
     np.testing.assert_allclose(np.asarray(pf(*args)), np.asarray(jax.jit(f)(*args)), rtol=1e-6)
-    assert not pf.lower(*args).collectives
+    (gather,) = pf.lower(*args).collectives   # only the output's, into its (6,) jax.Array
+    assert gather.kind == "all_gather" and "holds no uneven split" in gather.reason
 
 
 # ----- NaN/inf against a convolution's image padding (seed 2027 case 109) ------------------------

@@ -131,7 +131,8 @@ def test_jit_grad_and_vmap_around_partition(kind):
     np.testing.assert_allclose(v, ref_v, rtol=1e-5)
     for got in (g, g2):
         for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(ref_g)):
-            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4)
+            # float32 sums in another order: an error relative to the gradient's scale
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=2e-5 * np.abs(y).max())
     jitted = jax.jit(pf)(a, b, idx)
     np.testing.assert_allclose(jitted[0], tree(a, b, idx)[0], rtol=1e-5)
     np.testing.assert_array_equal(jitted[1], idx * 2)

@@ -89,9 +89,7 @@ def _device_pad(shape, padded, sharding):
 
 def even_pspec(spec: ShardingSpec, shape, sizes) -> PartitionSpec:
     """The PartitionSpec a jax.Array of `shape` can hold: uneven dims replicated."""
-    uneven = set(spec.uneven_dims(shape, sizes))
-    dims = tuple(() if d in uneven else a for d, a in enumerate(spec.dims))
-    return ShardingSpec(dims).to_partition_spec()
+    return spec.holdable(shape, sizes).drop_partial().to_partition_spec()
 
 
 def _trim(x, shape):
@@ -119,8 +117,8 @@ def build(graph, prop, mesh: MeshInfo, avals, donate=()) -> Program:
 
     in_p = [s.to_partition_spec() for s in in_specs]
     even = [even_pspec(s, n, sizes) for s, n in zip(out_specs, out_shapes)]
-    smap = jax.shard_map(body, mesh=device_mesh, in_specs=tuple(in_p),
-                         out_specs=tuple(s.to_partition_spec() for s in out_specs), check_vma=False)
+    smap = jax.shard_map(body, mesh=device_mesh, in_specs=tuple(in_p), out_specs=tuple(even),
+                         check_vma=False)  # uneven outputs leave gathered (run_graph records it)
 
     def outer(*flat):
         flat = [enter(x, device_mesh, p) for x, p in zip(flat, in_p)]

@@ -63,6 +63,12 @@ class ShardingSpec:
     def uneven_dims(self, shape: Sequence[int], sizes: Mapping[str, int]) -> tuple[int, ...]:
         return tuple(i for i, n in enumerate(shape) if n % self.tiles(i, sizes))
 
+    def holdable(self, shape: Sequence[int], sizes: Mapping[str, int]) -> "ShardingSpec":
+        """The spec a jax.Array of `shape` can hold: uneven dims replicated."""
+        uneven = set(self.uneven_dims(shape, sizes))
+        return ShardingSpec(tuple(() if d in uneven else a for d, a in enumerate(self.dims)),
+                            self.partial)
+
     def is_replicated(self) -> bool:
         return not self.used_axes() and not self.partial
 

@@ -23,14 +23,20 @@ def run_graph(ctx: Ctx, graph: Graph, prop: Propagation, local_args) -> list:
     env = {v: Local(a, prop.spec(v), v.shape) for v, a in zip(graph.invars, local_args)}
     read = run_eqns(ctx, graph, env, prop)
     ctx.at(None)
-    targets = [prop.spec(x).drop_partial() for x in graph.outvars]
+    specs = [prop.spec(x).drop_partial() for x in graph.outvars]
+    # a jax.Array cannot hold an uneven split: such outputs leave gathered, by a recorded reshard
+    targets = [s.holdable(x.shape, ctx.mesh.sizes) for s, x in zip(specs, graph.outvars)]
     sources = output_sources(graph)
     locs = combine_partials(ctx, [read(x) for x in graph.outvars], targets, sources)
     out = []
-    for loc, t, src in zip(locs, targets, sources):
+    for loc, t, s, src in zip(locs, targets, specs, sources):
         ctx.rec.source = src
-        out.append(ctx.reshard(loc, t, "program output").val)
+        why = "program output" if t == s else f"program output: {UNEVEN_OUTPUT}"
+        out.append(ctx.reshard(loc, t, why).val)
     return out
+
+
+UNEVEN_OUTPUT = "a jax.Array holds no uneven split"
 
 
 def output_sources(graph: Graph) -> list[str]:

@@ -1,0 +1,57 @@
+"""Every collective of the compiled program is in `low.collectives`: outputs with an uneven split
+(which no jax.Array can hold) leave gathered by the interpreter's own, recorded reshard, not by an
+AllGather XLA adds outside the per-device program."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gshard
+from gshard.testing.xla import hlo_collectives
+
+CASES = {  # name: (fn, input shapes, annotation per input)
+    "uneven rows": (lambda x: jnp.sin(x), [(30, 64)], [("A", None)]),
+    "uneven both dims": (lambda x: x * 2.0, [(13, 10)], [("A", "B")]),
+    "even and uneven outputs": (lambda x, w: (x @ w, (x @ w).sum(0)), [(30, 16), (16, 24)],
+                                [("A", None), (None, "B")]),
+}
+
+
+def _axes(mesh):
+    names = mesh.axis_names
+    return {"A": names[0], "B": names[-1] if len(names) > 1 else None}
+
+
+def _annotated(fn, anns, mesh):
+    ax = _axes(mesh)
+
+    def f(*xs):
+        xs = [gshard.mesh_split(x, tuple(ax.get(a) if a else None for a in ann))
+              for x, ann in zip(xs, anns)]
+        return fn(*xs)
+    return f
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_compiled_collectives_are_the_reported_ones(case, mesh):
+    fn, shapes, anns = CASES[case]
+    rng = np.random.default_rng(0)
+    args = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    pf = gshard.partition(_annotated(fn, anns, mesh), mesh)
+    low = pf.lower(*args)
+    compiled = sorted(c.kind for c in hlo_collectives(low.program.call.as_text()))
+    reported = sorted(c.kind for c in low.collectives)
+    assert compiled == reported, (compiled, low.explain(values=False))
+    got, want = pf(*args), jax.jit(fn)(*args)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_an_uneven_output_gather_names_the_users_line():
+    mesh = jax.make_mesh((8,), ("x",))
+    low = gshard.partition(lambda x: gshard.mesh_split(jnp.sin(x), ("x", None)), mesh).lower(
+        np.ones((30, 64), np.float32))
+    (gather,) = low.collectives
+    assert gather.kind == "all_gather" and gather.bytes == 32 * 64 * 4
+    assert "holds no uneven split" in gather.reason
+    assert "test_collective_report.py" in gather.source
