@@ -119,8 +119,9 @@ def tree(a, b, idx):
 @pytest.mark.parametrize("kind", ["explicit", "auto"])
 def test_jit_grad_and_vmap_around_partition(kind):
     mesh = make(TYPES[kind])
-    a = RNG.normal(size=(6, 12)).astype(np.float32)          # [B, D]
-    b = {"w": RNG.normal(size=(12, 10)).astype(np.float32), "e": np.arange(7, dtype=np.float32)}
+    a = np.random.default_rng(1).normal(size=(6, 12)).astype(np.float32)    # [B, D]
+    b = {"w": np.random.default_rng(2).normal(size=(12, 10)).astype(np.float32),
+         "e": np.arange(7, dtype=np.float32)}
     idx = np.array([1, 3, 6], np.int32)
     pf = gshard.partition(tree, mesh)
     loss = lambda fn: lambda a, b: (fn(a, b, idx)[0] ** 3).sum()  # noqa: E731
@@ -136,7 +137,7 @@ def test_jit_grad_and_vmap_around_partition(kind):
     jitted = jax.jit(pf)(a, b, idx)
     np.testing.assert_allclose(jitted[0], tree(a, b, idx)[0], rtol=1e-5)
     np.testing.assert_array_equal(jitted[1], idx * 2)
-    batch = RNG.normal(size=(3, 6, 12)).astype(np.float32)
+    batch = np.random.default_rng(3).normal(size=(3, 6, 12)).astype(np.float32)
     vm = jax.vmap(lambda a: pf(a, b, idx)[0])(batch)
     np.testing.assert_allclose(vm, jax.vmap(lambda a: tree(a, b, idx)[0])(batch), rtol=1e-5)
 
@@ -152,8 +153,8 @@ def test_grad_of_uneven_dims_inside_jit():
 
     def f(v, w):
         return jnp.sin(gshard.mesh_split(v, ("x", None)) * w).sum(0)   # 10 rows over 8 devices
-    v = RNG.normal(size=(10, 3)).astype(np.float32)
-    w = RNG.normal(size=(3,)).astype(np.float32)
+    v = np.random.default_rng(4).normal(size=(10, 3)).astype(np.float32)
+    w = np.random.default_rng(5).normal(size=(3,)).astype(np.float32)
     pf = gshard.partition(f, mesh)
     g = jax.jit(jax.grad(lambda v, w: pf(v, w).sum(), argnums=(0, 1)))(v, w)
     r = jax.grad(lambda v, w: f(v, w).sum(), argnums=(0, 1))(v, w)
@@ -230,10 +231,10 @@ def test_library_models_have_source_lines():
     from gshard.moe.layer import moe_layer
     mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Auto,))
     G, S, M, E, H = 8, 8, 8, 8, 16
-    x = RNG.normal(size=(G, S, M)).astype(np.float32)
-    wg = RNG.normal(size=(M, E)).astype(np.float32)
-    wi = RNG.normal(size=(E, M, H)).astype(np.float32)
-    wo = RNG.normal(size=(E, H, M)).astype(np.float32)
+    x = np.random.default_rng(6).normal(size=(G, S, M)).astype(np.float32)
+    wg = np.random.default_rng(7).normal(size=(M, E)).astype(np.float32)
+    wi = np.random.default_rng(8).normal(size=(E, M, H)).astype(np.float32)
+    wo = np.random.default_rng(9).normal(size=(E, H, M)).astype(np.float32)
     fn = lambda x, wg, wi, wo: moe_layer(x, wg, wi, wo, mesh_axes=("x",))[0]  # noqa: E731
     low = gshard.partition(fn, mesh).lower(x, wg, wi, wo)
     assert low.collectives
