@@ -26,16 +26,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 import gshard  # noqa: E402
 from gshard.cost import estimate, get_hardware  # noqa: E402
+from gshard.testing import mlp_sgd_step as mlp_step  # noqa: E402
 
 B, D, H = 256, 256, 1024
-
-
-def mlp_step(params, x, y):
-    def loss(p):
-        h = jax.nn.relu(x @ p["w1"])                      # [B, H]
-        return jnp.mean((h @ p["w2"] - y) ** 2)           # [B, D] -> []
-    l, g = jax.value_and_grad(loss)(params)
-    return jax.tree_util.tree_map(lambda a, b: a - 0.1 * b, params, g), l
 
 
 def args_of(rng):

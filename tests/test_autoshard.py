@@ -10,19 +10,12 @@ from jax.sharding import AbstractMesh, AxisType, PartitionSpec as P
 
 import gshard
 from gshard.cost import estimate, get_hardware
+from gshard.testing import mlp_sgd_step as mlp_step
 from gshard.errors import GShardError
 from tests.conftest import make_mesh
 
 B, D, H = 32, 64, 256
 F32 = jnp.float32
-
-
-def mlp_step(params, x, y):
-    def loss(p):
-        h = jax.nn.relu(x @ p["w1"])                      # [B, H]
-        return jnp.mean((h @ p["w2"] - y) ** 2)           # [B, D] -> []
-    l, g = jax.value_and_grad(loss)(params)
-    return jax.tree_util.tree_map(lambda a, b: a - 0.1 * b, params, g), l
 
 
 def mlp_args():

@@ -221,19 +221,17 @@ def moe_layer(inputs, wg, wi, wo, *, dispatch="einsum", kind="top2", k=2, capaci
               rng=None, paddings=None, jitter_eps=0.0, activation=jax.nn.relu,
               mesh_axes=None, num_partitions=None, shared_wi=None, shared_wo=None, block=None,
               **route_kwargs):
-    """GShard MoE layer. Returns (outputs [G, S, M] in inputs.dtype, aux) where aux is a dict:
-    aux_loss, z_loss (scalars) and the gating metrics (tokens_per_expert [E], ...).
-
-    dispatch="einsum": Algorithm 2 with its annotations; "gather": the same result by index
+    """GShard MoE layer. Returns (outputs [G, S, M] in inputs.dtype, aux): aux_loss, z_loss
+    (scalars) and the gating metrics (tokens_per_expert [E], ...). dispatch="einsum": Algorithm 2 with its annotations; "gather": the same result by index
     dispatch into [E, G, C, M] buffers and scatter-add combine (O(tokens·M) data movement);
     "dropless": route(x @ wg, k=k, **route_kwargs) (score, bias, expert_groups, top_groups,
     normalize, scale), every token to all k experts, nothing dropped (moe/dropless.py; `block`
     is its row block B). shared_wi [M, F] / shared_wo [F, M]: a dense FFN every token also takes
     (DeepSeekMoE's shared experts), added to the routed output."""
     _check_args(dispatch, route_kwargs, inputs, wg, wi, wo, shared_wi, shared_wo)
-    ann = _Annotator(mesh_axes, num_partitions)
     if mesh_axes is None and num_partitions is None:
         _warn_unsplit(wi.shape[0])
+    ann = _Annotator(mesh_axes, num_partitions)
     inputs = ann.group_split(inputs)                                      # [G, S, M]
     wg = ann.router(wg)                                                   # [M, E]
     wi, wo = ann.expert_weight(wi, 2), ann.expert_weight(wo, 1)           # [E, M, H], [E, H, M]

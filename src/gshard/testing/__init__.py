@@ -70,3 +70,13 @@ def _err(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     same = (a == b) | (np.isnan(a) & np.isnan(b))
     return float(np.max(np.where(same, 0.0, np.abs(a - b)), initial=0.0))
+
+
+def mlp_sgd_step(params, x, y):
+    """One SGD step of a 2-layer MLP with squared error (the auto-sharding bench and tests):
+    params {"w1": [D, H], "w2": [H, D]}, x, y [B, D] -> (updated params, loss)."""
+    def loss(p):
+        h = jax.nn.relu(x @ p["w1"])                              # [B, H]
+        return jax.numpy.mean((h @ p["w2"] - y) ** 2)             # [B, D] -> []
+    value, grads = jax.value_and_grad(loss)(params)
+    return jax.tree_util.tree_map(lambda a, b: a - 0.1 * b, params, grads), value
