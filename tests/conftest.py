@@ -15,6 +15,8 @@ _run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"gshard-test-xla-cache-{_run}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# hardware="cpu" profiles: the suite never reads the user's `gshard calibrate` results.
+os.environ["GSHARD_PROFILE_DIR"] = os.path.join(tempfile.gettempdir(), f"gshard-test-profiles-{_run}")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

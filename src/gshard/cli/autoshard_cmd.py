@@ -39,7 +39,8 @@ def add_parser(sub):
     p.add_argument("--mesh", required=True, help="axis sizes, e.g. data=2,model=4")
     p.add_argument("--args", default="", help='input shapes, e.g. "f32[8,16] f32[16,32]"')
     p.add_argument("--hardware", default="cpu",
-                   help="cost-model profile: cpu (measured here), tpu-v3, h100, h200")
+                   help="cost-model profile: cpu (this host: see gshard calibrate), tpu-v3, "
+                        "h100, h200, or a .json profile from gshard calibrate --out")
     p.add_argument("--memory-limit", help="bytes per device, e.g. 16GiB (default: the "
                                           "hardware profile's memory per device)")
     p.add_argument("--json", help="also write the plan (specs, predictions, candidates) here")

@@ -16,6 +16,7 @@ SUBCOMMANDS = {  # name -> module with add_parser(subparsers) and run(args)
     "translate": "gshard.cli.translate_cmd",
     "fuzz": "gshard.cli.fuzz_cmd",
     "autoshard": "gshard.cli.autoshard_cmd",
+    "calibrate": "gshard.cli.calibrate_cmd",
 }
 
 

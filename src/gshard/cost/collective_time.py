@@ -32,11 +32,14 @@ GPU cluster (:class:`~gshard.cost.hardware.Hierarchical`, NCCL-style two-level a
 Simulated CPU devices (:class:`~gshard.cost.hardware.SharedMemory`): a collective is memory
 traffic of ``num_devices x moved`` bytes through the shared host bandwidth, plus a rendezvous
 latency; moved per device: all_reduce (n+1)B, reduce_scatter (n+1)B/n, all_gather 2R,
-all_to_all 2B, collective_permute 2B.
+all_to_all 2B, collective_permute 2B. A profile from ``gshard calibrate`` replaces this with the
+times measured on this host's simulated devices, per kind and group size, interpolated in bytes.
 """
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from .hardware import Hardware, Hierarchical, SharedMemory, Torus2D
 
@@ -115,9 +118,30 @@ _MOVED = {"all_reduce": lambda B, n: (n + 1) * B, "reduce_scatter": lambda B, n:
           "collective_permute": lambda B, n: 2 * B}
 
 
+def _interpolate(rows, B: float) -> float:
+    """Piecewise-linear through measured (bytes, seconds), monotone; the last slope beyond."""
+    xs = [b for b, _ in rows]
+    ts = np.maximum.accumulate([t for _, t in rows])
+    if B <= xs[0]:
+        return float(ts[0])
+    if B <= xs[-1]:
+        return float(np.interp(B, xs, ts))
+    slope = (ts[-1] - ts[-2]) / (xs[-1] - xs[-2]) if len(xs) > 1 else ts[-1] / xs[-1]
+    return float(ts[-1] + slope * (B - xs[-1]))
+
+
+def _measured(kind: str, n: int, m: SharedMemory):
+    """The calibrated table for ``kind`` at group size ``n`` (nearest measured size), or None."""
+    rows = [(abs(math.log2(g) - math.log2(n)), t) for k, g, t in m.measured if k == kind]
+    return min(rows)[1] if rows else None
+
+
 def _shared(kind: str, B: float, n: int, m: SharedMemory) -> float:
     if kind not in _MOVED:
         raise ValueError(f"unknown collective kind {kind!r}")
+    table = _measured(kind, n, m)
+    if table:
+        return _interpolate(table, B)
     return m.latency_s + max(m.num_devices, n) * _MOVED[kind](B, n) / m.bw
 
 

@@ -71,6 +71,8 @@ class EqnCost:
     comm_bytes: float = 0.0
     approx: bool = False
     source: str = ""
+    kernels: float = 0.0   # kernels launched (x count): a result not fused into its users
+    mkn: tuple = ()        # dot_general: (M, K, N) of one matmul
 
 
 def aval_bytes(aval) -> int:
@@ -114,6 +116,18 @@ def _dot_flops(eqn) -> float:
     lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
     rhs_free = [d for i, d in enumerate(rhs) if i not in set(rc) | set(rb)]
     return 2.0 * math.prod(lhs) * math.prod(rhs_free)
+
+
+def _dot_mkn(eqn) -> tuple:
+    """(M, K, N) of one matmul of a dot_general (batch dims repeat it): free lhs, contracted,
+    free rhs element counts."""
+    if eqn.primitive.name != "dot_general":
+        return ()
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
+    m = math.prod(d for i, d in enumerate(lhs) if i not in set(lc) | set(lb))
+    n = math.prod(d for i, d in enumerate(rhs) if i not in set(rc) | set(rb))
+    return (int(m), int(math.prod(lhs[i] for i in lc)), int(n))
 
 
 def _conv_flops(eqn) -> float:
@@ -255,7 +269,15 @@ def _leaf(eqn, path: str, count: float, scope: _Scope) -> EqnCost:
     return EqnCost(path=path, primitive=name, flops=fl * count, transcendentals=tr * count,
                    bytes=_hbm_bytes(eqn, scope) * count, count=count,
                    matmul_dtype=_matmul_dtype(eqn), collective=kind,
-                   axes=_axes(eqn) if kind else (), comm_bytes=comm, source=_source(eqn))
+                   axes=_axes(eqn) if kind else (), comm_bytes=comm, source=_source(eqn),
+                   kernels=count * _launches(eqn, kind, scope), mkn=_dot_mkn(eqn))
+
+
+def _launches(eqn, kind, scope: _Scope) -> int:
+    """1 when the equation runs as its own kernel (not free, not a collective, not fused)."""
+    if kind is not None or eqn.primitive.name in FREE:
+        return 0
+    return int(any(scope.materialized(v) for v in eqn.outvars))
 
 
 def _walk(jaxpr: Jaxpr, prefix: str, count: float, fuse: bool, trips: int) -> list[EqnCost]:
@@ -281,9 +303,12 @@ def total_flops(jaxpr, **kw) -> float:
 
 def roofline_time(cost: EqnCost, hardware) -> float:
     """``max(flops / peak, bytes / hbm_bw)``; matmuls use the dtype's matmul peak, the rest the
-    vector rate (transcendentals count as flops there). Collectives: 0 (timed separately)."""
+    vector rate (transcendentals count as flops there). Collectives: 0 (timed separately).
+    A calibrated profile's matmul table gives a dot's rate by its (M, K, N) instead."""
     if cost.collective is not None:
         return 0.0
+    if cost.mkn and hardware.matmul_table:
+        return cost.flops / hardware.matmul_rate(cost.mkn)     # measured: memory included
     if cost.matmul_dtype is not None:
         compute = cost.flops / hardware.matmul_flops(cost.matmul_dtype)
     else:

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
+import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -48,10 +52,12 @@ class Hierarchical:
 @dataclass(frozen=True)
 class SharedMemory:
     """Devices share one memory system of ``bw`` bytes/s; ``latency_s`` per collective
-    (rendezvous of the participating threads)."""
+    (rendezvous of the participating threads). ``measured``: ``(kind, group size, ((bytes,
+    seconds), ...))`` tables from ``gshard calibrate``, interpolated where present."""
     bw: float
     latency_s: float = 20e-6
     num_devices: int = 1
+    measured: tuple = ()
 
 
 Topology = Torus2D | Hierarchical | SharedMemory
@@ -63,7 +69,9 @@ class Hardware:
 
     ``flops_bf16`` / ``flops_f32``: dense matmul peak (dot/conv) for 16-bit and 32-bit inputs;
     ``vector_flops``: element-wise/reduction rate (defaults to ``flops_f32``);
-    ``hbm_bw`` bytes/s; ``hbm_bytes`` capacity.
+    ``hbm_bw`` bytes/s; ``hbm_bytes`` capacity; ``op_overhead_s``: host time per kernel
+    launched, ``launch_s``: per program call (both measured by ``gshard calibrate`` on CPU; 0
+    for accelerators, where they hide behind the device's queue).
     """
     name: str
     flops_bf16: float
@@ -72,6 +80,26 @@ class Hardware:
     hbm_bytes: float
     topology: Topology
     vector_flops: float | None = None
+    op_overhead_s: float = 0.0
+    launch_s: float = 0.0
+    matmul_table: tuple = ()   # ((M, K, N), FLOP/s) measured on a grid (gshard calibrate)
+
+    def matmul_rate(self, mkn) -> float:
+        """FLOP/s of one (M, K, N) matmul: the calibrated grid, interpolated in log2 of each
+        dim (clamped to the grid's range)."""
+        grid = sorted({d for (dims, _) in self.matmul_table for d in dims})
+        rates = {dims: r for dims, r in self.matmul_table}
+        lg = np.log2(grid)
+        pos = [float(np.clip(np.log2(max(d, 1)), lg[0], lg[-1])) for d in mkn]
+        corners = [_bracket(lg, p) for p in pos]
+        total = 0.0
+        for pick in np.ndindex(2, 2, 2):
+            w, dims = 1.0, []
+            for axis, (lo, hi, f) in enumerate(corners):
+                w *= f if pick[axis] else 1 - f
+                dims.append(grid[hi if pick[axis] else lo])
+            total += w * np.log(rates[tuple(dims)])
+        return float(np.exp(total))
 
     def matmul_flops(self, dtype) -> float:
         """Peak matmul FLOP/s for operands of ``dtype`` (≤16-bit → bf16 rate)."""
@@ -118,6 +146,13 @@ H100_CLUSTER = Hardware(
 H200_CLUSTER = H100_CLUSTER.replace(name="h200-cluster", hbm_bw=4.8e12, hbm_bytes=141e9)
 
 
+def _bracket(lg, p: float) -> tuple[int, int, float]:
+    """Indices of the grid points around ``p`` and the fraction of the way to the upper one."""
+    hi = int(min(np.searchsorted(lg, p), len(lg) - 1))
+    lo = max(hi - 1, 0)
+    return lo, hi, 0.0 if hi == lo else float((p - lg[lo]) / (lg[hi] - lg[lo]))
+
+
 def _time_best(fn, reps: int = 3) -> float:
     fn()
     best = float("inf")
@@ -140,7 +175,8 @@ def calibrate_cpu(num_devices: int = 1, *, n: int = 384, mb: int = 32) -> Hardwa
     dst = np.empty_like(src)
     bw = 2 * src.nbytes / _time_best(lambda: np.copyto(dst, src))  # read + write
     k = max(1, num_devices)
-    return Hardware(name=f"cpu(x{k})", flops_bf16=flops / k, flops_f32=flops / k,
+    return Hardware(name=f"cpu(x{k}, quick numpy estimate: run gshard calibrate)",
+                    flops_bf16=flops / k, flops_f32=flops / k,
                     hbm_bw=bw / k, hbm_bytes=_host_memory() / k,
                     topology=SharedMemory(bw=bw, num_devices=k), vector_flops=flops / k / 4)
 
@@ -163,13 +199,72 @@ PRESETS = {"tpu-v3": TPU_V3, "tpu_v3": TPU_V3, "h100-cluster": H100_CLUSTER, "gp
 
 
 def get_hardware(name: str | Hardware, *, num_devices: int = 1) -> Hardware:
-    """A preset by name: tpu-v3, h100-cluster (alias gpu, h100), h200 (h200-cluster), or cpu
-    (measured once per process by :func:`calibrate_cpu`, split over ``num_devices``)."""
+    """A preset by name: tpu-v3, h100-cluster (alias gpu, h100), h200 (h200-cluster), or cpu:
+    the profile ``gshard calibrate`` wrote for this host and ``num_devices`` when there is one,
+    else measured once per process by :func:`calibrate_cpu` (numpy, split over the devices);
+    or the path of a ``.json`` profile written by ``gshard calibrate --out``."""
     if isinstance(name, Hardware):
         return name
     key = name.lower()
+    if key.endswith(".json"):
+        return read(name)
     if key == "cpu":
-        return _cpu(num_devices)
+        return load(num_devices) or _cpu(num_devices)
     if key not in PRESETS:
-        raise ValueError(f"unknown hardware {name!r}; choose from {sorted(PRESETS) + ['cpu']}")
+        raise ValueError(f"unknown hardware {name!r}; choose from {sorted(PRESETS) + ['cpu']} "
+                         "or give a .json profile from `gshard calibrate --out`")
     return PRESETS[key]
+
+
+# Profiles written by `gshard calibrate` (gshard.cost.calibrate measures them).
+
+def profile_path(num_devices: int) -> Path:
+    root = os.environ.get("GSHARD_PROFILE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "gshard", "hardware")
+    return Path(root) / f"cpu-{int(num_devices)}.json"
+
+
+def _host() -> dict:
+    return {"node": platform.node(), "cpus": os.cpu_count() or 1, "machine": platform.machine()}
+
+
+def to_hardware(profile: dict) -> Hardware:
+    """The cost model's Hardware for a profile dict (from :func:`measure` or a JSON file)."""
+    D = int(profile["num_devices"])
+    table = tuple((kind, int(n), tuple((float(b), float(t)) for b, t in rows))
+                  for kind, by_n in profile["collectives"].items() for n, rows in by_n.items())
+    bw = float(profile["hbm_bw"]) * D
+    return Hardware(name=profile.get("name", f"cpu(x{D}, calibrated)"),
+                    flops_bf16=float(profile["flops_f32"]), flops_f32=float(profile["flops_f32"]),
+                    hbm_bw=float(profile["hbm_bw"]), hbm_bytes=float(profile["hbm_bytes"]),
+                    topology=SharedMemory(bw=bw, num_devices=D, measured=table),
+                    vector_flops=float(profile["flops_f32"]) / 4,
+                    op_overhead_s=float(profile["op_overhead_s"]),
+                    matmul_table=tuple(((int(m), int(k), int(n)), float(r))
+                                       for m, k, n, r in profile.get("matmul", ())),
+                    launch_s=float(profile["launch_s"]))
+
+
+def read(path: str | Path) -> Hardware:
+    """A profile file written by ``gshard calibrate`` (``hardware="my-cpu.json"``)."""
+    try:
+        return to_hardware(json.loads(Path(path).read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"hardware profile {str(path)!r} cannot be read ({type(e).__name__}: "
+                         f"{e}); write one with `gshard calibrate --out {path}`") from None
+
+
+def load(num_devices: int, path: str | Path | None = None) -> Hardware | None:
+    """The saved profile for this host and device count, or None (absent or another host)."""
+    path = Path(path) if path else profile_path(num_devices)
+    if not path.is_file():
+        return None
+    try:
+        profile = json.loads(path.read_text())
+    except ValueError:
+        return None
+    if int(profile.get("num_devices", -1)) != int(num_devices):
+        return None
+    if profile.get("host", {}).get("cpus") != _host()["cpus"]:
+        return None
+    return to_hardware(profile)

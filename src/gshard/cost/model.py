@@ -2,7 +2,8 @@
 
 ``step_time_s = compute_time_s + sum(collective_time_s.values())`` (no overlap, default) or
 ``max(compute, collectives)`` with ``overlap=True``. ``compute_time_s`` sums the roofline time
-``max(flops / peak, hbm_bytes / hbm_bw)`` of each equation (:mod:`gshard.cost.flops`);
+``max(flops / peak, hbm_bytes / hbm_bw)`` of each equation (:mod:`gshard.cost.flops`), plus,
+on a calibrated CPU profile, the host time of the call and of each kernel it launches;
 collective times come from :mod:`gshard.cost.collective_time`; memory from
 :mod:`gshard.cost.memory`.
 """
@@ -131,6 +132,13 @@ def _merge(group: list, axis_sizes, hw) -> CollectiveCost:
                           len(group))
 
 
+def _host_time(costs, hw) -> float:
+    """Per-call and per-kernel host time (calibrated CPU profiles; 0 on accelerators)."""
+    if not (hw.op_overhead_s or hw.launch_s):
+        return 0.0
+    return hw.launch_s + hw.op_overhead_s * sum(c.kernels for c in costs)
+
+
 def _by_kind(colls) -> dict:
     by_kind = {k: 0.0 for k in KINDS}
     for c in colls:
@@ -164,7 +172,7 @@ def estimate(per_device_jaxpr, collectives=None, axis_sizes=None, hardware="tpu-
     if combine:
         colls = _combined(colls, costs, per_device_jaxpr, axis_sizes, hw)
     by_kind = _by_kind(colls)
-    compute = sum(t.time_s for t in times)
+    compute = sum(t.time_s for t in times) + _host_time(costs, hw)
     comm = sum(by_kind.values())
     mem = memory_report(per_device_jaxpr, input_roles, input_replicated)
     return CostReport(
