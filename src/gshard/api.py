@@ -218,10 +218,30 @@ def _input_annotations(pf: Partitioned, leaves, in_tree) -> tuple:
     return tuple(out)
 
 
-def _lower(pf: Partitioned, in_tree, avals, inputs) -> Lowered:
-    fn, base = pf.fn, pf.mesh
-    t0 = time.perf_counter()
-    holder = {}
+_SHARED_TRACES: list = []   # stack of caches, see sharing_traces()
+
+
+@contextlib.contextmanager
+def sharing_traces():
+    """Inside, lowering the same function on the same mesh and input avals again (with other
+    in_specs: autoshard's candidates) reuses the first trace instead of tracing again."""
+    _SHARED_TRACES.append({})
+    try:
+        yield
+    finally:
+        _SHARED_TRACES.pop()
+
+
+def _trace(pf: Partitioned, in_tree, avals):
+    """(graph, output tree) of pf.fn on `avals`, from the innermost sharing_traces() cache."""
+    key = None
+    if _SHARED_TRACES:
+        key = (pf.fn, pf.mesh, id(pf.mesh.mesh), in_tree,
+               tuple((a.shape, a.dtype, getattr(a, "weak_type", False)) for a in avals))
+        hit = _SHARED_TRACES[-1].get(key)
+        if hit is not None:
+            return hit
+    fn, base, holder = pf.fn, pf.mesh, {}
 
     @functools.wraps(fn)  # JAX's tracing errors then name the user's function
     def flat_fn(*flat):
@@ -231,6 +251,16 @@ def _lower(pf: Partitioned, in_tree, avals, inputs) -> Lowered:
 
     with partition_mesh(base), _mesh_context_for(base):
         graph, _ = trace(flat_fn, *avals)
+    if key is not None:
+        _SHARED_TRACES[-1][key] = (graph, holder["tree"])
+    return graph, holder["tree"]
+
+
+def _lower(pf: Partitioned, in_tree, avals, inputs) -> Lowered:
+    base = pf.mesh
+    t0 = time.perf_counter()
+    graph, out_tree = _trace(pf, in_tree, avals)
+    holder = {"tree": out_tree}
     t1 = time.perf_counter()
     graph = constrain_outputs(graph, flat_specs(pf.out_specs, holder["tree"], "out_specs"), base)
     mesh, fixed, seeds = resolve_annotations(graph, base)

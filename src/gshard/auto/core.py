@@ -35,6 +35,15 @@ def autoshard(fn, mesh, *args, hardware="cpu", memory_limit=None, in_specs=None,
     _check_inputs(mesh, memory_limit, hardware)
     from .. import api as gshard
 
+    with gshard.sharing_traces():       # every candidate lowers the same trace
+        plan = _autoshard(fn, mesh, args, hardware, memory_limit, in_specs, check)
+    plan.search_seconds = time.perf_counter() - t0
+    return plan
+
+
+def _autoshard(fn, mesh, args, hardware, memory_limit, in_specs, check) -> AutoPlan:
+    from .. import api as gshard
+
     leaves, tree = leaves_of(args, in_specs)
     base = gshard.partition(fn, mesh, in_specs=in_specs).lower(*args)
     marked = annotated_inputs(base.graph)
@@ -47,7 +56,6 @@ def autoshard(fn, mesh, *args, hardware="cpu", memory_limit=None, in_specs=None,
     pricer.check_depth(base)
     result = search(pricer, leaves, len(args))
     plan = _choose(fn, mesh, args, pricer, result["ranked"], check and not _abstract(mesh))
-    plan.search_seconds = time.perf_counter() - t0
     plan.fixed = [(lf.path, "in_specs" if lf.fixed is not None else "annotated in fn")
                   for lf in leaves if lf.fixed is not None or lf.annotated]
     return plan

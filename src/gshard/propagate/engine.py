@@ -7,7 +7,7 @@ backward, 3 broadcasts forward. Every value records why it has its spec.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import UnsupportedPrimitiveError
 from ..mesh import MeshInfo
@@ -24,6 +24,7 @@ class Propagation:
     specs: dict
     why: dict
     fixed: set
+    versions: dict = field(default_factory=dict)   # Value -> times its spec changed
 
     def spec(self, x) -> ShardingSpec:
         if isinstance(x, Value):
@@ -51,15 +52,30 @@ def propagate(graph: Graph, mesh: MeshInfo, fixed: dict, seeds: dict | None = No
 
 
 def _run_level(graph: Graph, state: Propagation, level: int):
+    """Forward and backward sweeps until nothing changes. An equation whose operands and
+    results kept their specs since it last ran is skipped: its rule (a function of those specs)
+    would propose what it proposed then, which changed nothing more."""
     eqns = list(walk(graph))
+    seen: dict = {}
     for _ in range(10_000):
         changed = False
         for eqn in eqns:
-            changed |= _apply(eqn, state, level)
+            changed |= _apply_if_stale(eqn, state, level, seen)
         for eqn in reversed(eqns):
-            changed |= _apply(eqn, state, level)
+            changed |= _apply_if_stale(eqn, state, level, seen)
         if not changed:
             return
+
+
+def _apply_if_stale(eqn, state: Propagation, level: int, seen: dict) -> bool:
+    if eqn.subs:                       # loop / branch bodies: ties reach inside, always rerun
+        return _apply(eqn, state, level)
+    v = state.versions
+    snap = tuple(v.get(x, 0) for x in (*eqn.inputs, *eqn.outputs) if isinstance(x, Value))
+    if seen.get(id(eqn)) == snap:
+        return False
+    seen[id(eqn)] = snap
+    return _apply(eqn, state, level)
 
 
 def _apply_ties(eqn, rule: Rule, state: Propagation) -> bool:
@@ -121,12 +137,9 @@ def _offer(state: Propagation, v, proposal, reason: str, eqn, exact: bool = Fals
         return False
     if cur is not None and new.num_tiles(state.mesh.sizes) <= cur.num_tiles(state.mesh.sizes):
         return False
-    if cur is None and not new.used_axes():
-        state.specs[v] = new
-        state.why[v] = f"{reason} ({eqn.where})"
-        return True
     state.specs[v] = new
     state.why[v] = f"{reason} ({eqn.where})"
+    state.versions[v] = state.versions.get(v, 0) + 1
     return True
 
 
