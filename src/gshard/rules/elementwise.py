@@ -5,12 +5,15 @@ by a non-partial), so reductions are deferred to the consumer that needs them.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax.numpy as jnp
 from ..compat import primitive
 
 from ..registry import rule
 from ..spmd.shard import Local
 from ..spec import ShardingSpec, merge
+from ..trace.graph import Value
 
 _NAMES = """add sub mul div rem pow max min neg sign floor ceil round is_finite exp exp2 log log1p
 expm1 tanh logistic sin cos tan asin acos atan atan2 sinh cosh asinh acosh atanh sqrt rsqrt cbrt
@@ -26,6 +29,7 @@ for _n in dict.fromkeys(_NAMES):
     _p = primitive(_n)  # wherever this JAX version keeps it (log2, one_minus_square: jax 0.11)
     if _p is not None:
         ELEMENTWISE.append(_p)
+_ELEMENTWISE_SET = frozenset(ELEMENTWISE)
 
 _LINEAR_ALL = {"add", "sub", "add_any"}
 _LINEAR_UNARY = {"neg", "copy", "copy_p", "reduce_precision", "real", "imag", "conj"}
@@ -73,11 +77,49 @@ def _kept_partial(eqn, ins: list[Local], rank: int) -> tuple[str, ...]:
     return ()
 
 
+_SCALING = {"mul", "div", "neg", "convert_element_type"}
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """What `_kept_partial` reads of an operand, for one not partitioned yet."""
+    spec: ShardingSpec
+    shape: tuple
+    dtype: object
+
+
+def _probe(ctx, x, mine, partial):
+    if x is mine:
+        return _Probe(ShardingSpec.replicated(len(x.shape)).with_partial(partial),
+                      tuple(x.shape), x.aval.dtype)
+    if not isinstance(x, Value):
+        return _Probe(ShardingSpec.replicated(len(x.aval.shape)), tuple(x.aval.shape), x.aval.dtype)
+    return ctx.placed(x)
+
+
+def _sum_needed_next(ctx, eqn, partial) -> bool:
+    """A scaling of a partial sum whose only reader is an elementwise op that reduces it
+    anyway (its other operands are placed already and keep no common partial sum): reduce
+    first, so the scaling fuses with that reader after the AllReduce (an SGD update
+    `w - lr * g` reads the reduced gradient once, as XLA's program does) instead of costing a
+    pass over the unreduced sum."""
+    if eqn.prim.name not in _SCALING:
+        return False
+    mine = eqn.outputs[0]
+    readers = ctx.readers(mine)
+    if len(readers) != 1 or readers[0] is None or readers[0].prim not in _ELEMENTWISE_SET:
+        return False
+    probes = [_probe(ctx, x, mine, partial) for x in readers[0].inputs]
+    if any(p is None for p in probes):
+        return False   # an operand not partitioned yet: keep the sum lazy
+    return not _kept_partial(readers[0], probes, len(readers[0].outputs[0].shape))
+
+
 @rule(ELEMENTWISE, prop=prop_elementwise, fwd_level=0, carries_padded=True)
 def part_elementwise(ctx, eqn, ins, targets):
     target, out_shape = targets[0], eqn.outputs[0].shape
     partial = _kept_partial(eqn, ins, len(out_shape))
-    if set(partial) & set(target.used_axes()):
+    if set(partial) & set(target.used_axes()) or (partial and _sum_needed_next(ctx, eqn, partial)):
         partial = ()
     vals = []
     for x in ins:  # an operand rides through partial only when its partial is the kept one

@@ -118,7 +118,9 @@ def run_eqns(ctx: Ctx, graph: Graph, env: dict, prop: Propagation):
         full = Local(jnp.asarray(c), ShardingSpec.replicated(len(v.shape)), v.shape)
         env[v] = ctx.reshard(full, prop.spec(v), "closed-over constant placed by its spec")
     uses = fanout(graph)
+    flow = (_readers(graph), env)         # for rules that look one reader ahead
     for eqn in graph.eqns:
+        ctx.flow = flow                   # (a body run by the previous rule set its own)
         ins = [read(x) for x in eqn.inputs]
         targets = [prop.spec(o) for o in eqn.outputs]
         outs = RULES[eqn.prim].part(ctx.begin(eqn), eqn, ins, targets)
@@ -133,6 +135,18 @@ def run_eqns(ctx: Ctx, graph: Graph, env: dict, prop: Propagation):
                                   f"a partial sum read by {uses[o]} ops, reduced once")
             env[o] = loc
     return read
+
+
+def _readers(graph: Graph) -> dict:
+    """Value -> the equations that read it; a program or body output counts as None."""
+    out: dict = {}
+    for e in graph.eqns:
+        for x in {id(x): x for x in e.inputs if isinstance(x, Value)}.values():
+            out.setdefault(x, []).append(e)
+    for x in graph.outvars:
+        if isinstance(x, Value):
+            out.setdefault(x, []).append(None)
+    return out
 
 
 def fanout(graph: Graph) -> dict:

@@ -27,6 +27,7 @@ class Ctx:
         self._fed: dict = {}   # id(eqn) -> partial axes of the operands its rule was given
         self._made: dict = {}  # id(eqn) -> partial axes its rule created (contracted splits)
         self._masks: dict = {}  # (local shape, ((dim, n, axes), ...)) -> bool mask: built once
+        self.flow = ({}, {})    # (Value -> its reading eqns, Value -> Local so far): this graph
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -56,6 +57,14 @@ class Ctx:
         """Declare that the current rule makes its result a partial sum over `axes`."""
         self._made.setdefault(id(self.eqn), set()).update(axes)
         return tuple(axes)
+
+    def readers(self, v) -> list:
+        """The equations of the current graph that read `v` (None: a program / body output)."""
+        return self.flow[0].get(v, [])
+
+    def placed(self, v):
+        """The Local of an already partitioned value of the current graph, or None."""
+        return self.flow[1].get(v)
 
     def allowed_partial(self, eqn) -> set:
         """Axes a result of `eqn` may be partial over: an operand's, or ones its rule made."""
