@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -38,8 +39,13 @@ class MeshInfo:
 
     # ----- queries ------------------------------------------------------------------------------
     @property
-    def sizes(self) -> dict[str, int]:
-        return dict(zip(self.names, self.shape))
+    def sizes(self) -> Mapping[str, int]:
+        """Axis name -> size, major to minor (read-only, built once: propagation asks often)."""
+        cached = self.__dict__.get("_sizes")
+        if cached is None:
+            cached = MappingProxyType(dict(zip(self.names, self.shape)))
+            object.__setattr__(self, "_sizes", cached)
+        return cached
 
     @property
     def size(self) -> int:

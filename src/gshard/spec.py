@@ -6,6 +6,7 @@ A dim of size n split k ways is stored as ceil(n/k) on every device, padded at t
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -128,6 +129,7 @@ def _pspec_entry(axes: tuple[str, ...]):
     return axes[0] if len(axes) == 1 else axes
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def merge(current: ShardingSpec | None, proposal: ShardingSpec | None) -> ShardingSpec | None:
     """Merge a proposal into the current spec, dim by dim, keeping every compatible split.
 

@@ -7,6 +7,7 @@ backward, 3 broadcasts forward. Every value records why it has its spec.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from ..errors import UnsupportedPrimitiveError
@@ -55,26 +56,28 @@ def _run_level(graph: Graph, state: Propagation, level: int):
     """Forward and backward sweeps until nothing changes. An equation whose operands and
     results kept their specs since it last ran is skipped: its rule (a function of those specs)
     would propose what it proposed then, which changed nothing more."""
-    eqns = list(walk(graph))
+    eqns = [(e, None if e.subs else tuple(x for x in (*e.inputs, *e.outputs)
+                                           if isinstance(x, Value))) for e in walk(graph)]
     seen: dict = {}
     for _ in range(10_000):
         changed = False
-        for eqn in eqns:
-            changed |= _apply_if_stale(eqn, state, level, seen)
-        for eqn in reversed(eqns):
-            changed |= _apply_if_stale(eqn, state, level, seen)
+        for eqn, vals in eqns:
+            changed |= _apply_if_stale(eqn, vals, state, level, seen)
+        for eqn, vals in reversed(eqns):
+            changed |= _apply_if_stale(eqn, vals, state, level, seen)
         if not changed:
             return
 
 
-def _apply_if_stale(eqn, state: Propagation, level: int, seen: dict) -> bool:
-    if eqn.subs:                       # loop / branch bodies: ties reach inside, always rerun
+def _apply_if_stale(eqn, vals, state: Propagation, level: int, seen: dict) -> bool:
+    if vals is None:                   # loop / branch bodies: ties reach inside, always rerun
         return _apply(eqn, state, level)
-    v = state.versions
-    snap = tuple(v.get(x, 0) for x in (*eqn.inputs, *eqn.outputs) if isinstance(x, Value))
-    if seen.get(id(eqn)) == snap:
+    get = state.versions.get
+    snap = tuple([get(x, 0) for x in vals])
+    key = id(eqn)
+    if seen.get(key) == snap:
         return False
-    seen[id(eqn)] = snap
+    seen[key] = snap
     return _apply(eqn, state, level)
 
 
@@ -145,15 +148,21 @@ def _offer(state: Propagation, v, proposal, reason: str, eqn, exact: bool = Fals
 
 def sanitize(spec: ShardingSpec, shape, mesh: MeshInfo, exact: bool = False) -> ShardingSpec:
     """Drop partial, repeated axes, and (unless exact) splits finer than the dim has elements."""
+    return _sanitize(spec, tuple(shape), mesh.names, mesh.shape, exact)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _sanitize(spec: ShardingSpec, shape: tuple, names: tuple, sizes: tuple, exact: bool):
+    size = dict(zip(names, sizes))
     seen, dims = set(), []
     for n, axes in zip(shape, spec.dims):
         keep, tiles = [], 1
         for a in axes:
-            if a in seen or a not in mesh.sizes or (tiles * mesh.sizes[a] > n and not exact):
+            if a in seen or a not in size or (tiles * size[a] > n and not exact):
                 break
             keep.append(a)
             seen.add(a)
-            tiles *= mesh.sizes[a]
+            tiles *= size[a]
         dims.append(tuple(keep))
     return ShardingSpec(tuple(dims))
 
