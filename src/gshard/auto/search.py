@@ -15,7 +15,7 @@ from .points import AUTO, Point
 from .price import Price, Pricer, better
 
 MAX_PASSES = 4
-DESCENT_SEEDS = 2
+DESCENT_SEEDS = 1
 
 
 def seeds(points: list[Point], leaves, names: tuple, nargs: int) -> dict[str, tuple]:
