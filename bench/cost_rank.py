@@ -9,7 +9,8 @@ small CNN) and mesh on 8 simulated CPU devices: gshard.autoshard(hardware="cpu")
 it found, its next best candidates and the hand layouts (data-parallel, Megatron / channel
 split, FSDP-style, replicated, ...) are compiled and timed interleaved (bench/common.py), with
 jax.jit on batch-split inputs and replicated parameters (XLA's default). Reported per model and
-mesh: predicted vs measured step time of every plan, Kendall tau between them, collective bytes,
+mesh: predicted vs measured step time of every plan (measured: the fastest of the interleaved
+rounds, since other jobs on the host only add time), Kendall tau between them, collective bytes,
 predicted peak vs XLA's memory analysis, and the found plan against the best hand layout and
 XLA's default.
 """
@@ -25,7 +26,7 @@ from common import force_cpu_devices  # noqa: E402
 
 force_cpu_devices(8)
 
-from common import auto_mesh, build_gshard, build_xla, interleaved, jax, jnp, save_json  # noqa: E402,E501
+from common import auto_mesh, build_gshard, build_xla, jax, jnp, save_json  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 import gshard  # noqa: E402
@@ -139,6 +140,23 @@ def _xla_default(step, mesh, args, dp):
     return build_xla(step, mesh, args, flat)
 
 
+def _best_rounds(fns, rounds: int, calls: int = 3):
+    """Interleaved rounds (bench/common.interleaved); per plan the fastest round's time per
+    call (other jobs on the host only ever add time) and the spread (median - min) / min."""
+    per = [[] for _ in fns]
+    for f in fns:
+        jax.block_until_ready(f())
+    for r in range(rounds):
+        order = list(range(len(fns)))
+        for i in order[r % len(order):] + order[:r % len(order)]:
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                jax.block_until_ready(fns[i]())
+            per[i].append((time.perf_counter() - t0) / calls)
+    best = [min(p) for p in per]
+    return best, [(sorted(p)[len(p) // 2] - b) / b for p, b in zip(per, best)]
+
+
 def run_case(model, shape, top, rounds, rng):
     from scipy.stats import kendalltau
     step, make_args, hand_of = MODELS[model]
@@ -149,7 +167,7 @@ def run_case(model, shape, top, rounds, rng):
     builts = {k: build_gshard(step, mesh, args, in_specs=v) for k, v in plans.items()}
     builts["xla default"] = _xla_default(step, mesh, args, plans["data-parallel"])
     keys = list(builts)
-    meds, _, spreads = interleaved([builts[k].run for k in keys], rounds=rounds, calls=3)
+    meds, spreads = _best_rounds([builts[k].run for k in keys], rounds)
     rows = []
     for k, m, sp in zip(keys, meds, spreads):
         b = builts[k]
@@ -181,7 +199,7 @@ def _print(rows, summ):
           f"({summ['best_hand']}) {summ['vs_best_hand']:.2f}x, found/XLA default "
           f"{summ['vs_xla_default']:.2f}x, collective bytes found/best hand "
           f"{summ['bytes_vs_best_hand'][0]}/{summ['bytes_vs_best_hand'][1]}")
-    print(f"{'plan':<16}{'pred ms':>9}{'meas ms':>9}{'spread':>8}{'coll KiB':>10}"
+    print(f"{'plan':<16}{'pred ms':>9}{'best ms':>9}{'spread':>8}{'coll KiB':>10}"
           f"{'pred peak KiB':>15}{'XLA peak KiB':>14}")
     for r in rows:
         pred = f"{r['predicted_s'] * 1e3:9.2f}" if "predicted_s" in r else f"{'-':>9}"

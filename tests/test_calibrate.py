@@ -78,18 +78,18 @@ def test_a_profile_path_is_a_hardware_name_and_a_bad_one_says_how_to_fix_it(tmp_
 
 
 def test_calibrate_cli_measures_this_host_and_the_cost_model_uses_it(tmp_path, capsys):
-    out = tmp_path / "cpu4.json"
-    assert main(["calibrate", "--devices", "4", "--quick", "--out", str(out)]) == 0
+    out = tmp_path / "cpu2.json"
+    assert main(["calibrate", "--devices", "2", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"saved {out}" in printed and "all_to_all" in printed
     profile = json.loads(out.read_text())
-    assert profile["num_devices"] == 4 and profile["launch_s"] > 0
+    assert profile["num_devices"] == 2 and profile["launch_s"] > 0
     assert set(profile["collectives"]) == set(calibrate.KINDS)
-    assert all(set(by_n) == {"2", "4"} for by_n in profile["collectives"].values())
+    assert all(set(by_n) == {"2"} for by_n in profile["collectives"].values())
     assert all(r > 0 for *_, r in profile["matmul"]) and len(profile["matmul"]) == 8
     hw = get_hardware(str(out))
     # a bigger collective never costs less; a bigger matmul takes longer
-    t = [collective_time_n("all_reduce", b, 4, hw) for b in (1e3, 1e5, 1e7)]
+    t = [collective_time_n("all_reduce", b, 2, hw) for b in (1e3, 1e5, 1e7)]
     assert t == sorted(t) and t[0] > 0
     big, small = (2 * 512 ** 3) / hw.matmul_rate((512,) * 3), (2 * 32 ** 3) / hw.matmul_rate((32,) * 3)
     assert big > small
