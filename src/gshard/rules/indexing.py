@@ -170,7 +170,7 @@ def _fill_value(eqn, dtype):
     return jnp.asarray(info.min if jnp.issubdtype(dtype, jnp.signedinteger) else info.max, dtype)
 
 
-# ----- dynamic_slice / dynamic_update_slice: sliced dims whole, full-extent dims pass -----------
+# ----- dynamic_slice: sliced dims whole, full-extent dims pass --------------------------------
 def _full_dims(eqn) -> list[bool]:
     return [n == s for n, s in zip(eqn.inputs[0].shape, _window(eqn))]
 
@@ -198,28 +198,18 @@ def prop_dynamic(eqn, ins, outs, mesh):
     full = _full_dims(eqn)
     sliced = [d for d, f in enumerate(full) if not f]
     keep = lambda s: relocate(s, sliced, eqn.inputs[0].shape, mesh.sizes)  # noqa: E731
-    props = [keep(outs[0])]
-    if eqn.prim is P.dynamic_update_slice_p:
-        props.append(keep(outs[0]))
-    props += [None] * (len(ins) - len(props))
-    fwd = keep(ins[0]) if eqn.prim is P.dynamic_slice_p else ins[0]
-    return props, [fwd]
+    return [keep(outs[0])] + [None] * (len(ins) - 1), [keep(ins[0])]
 
 
-@rule([P.dynamic_slice_p, P.dynamic_update_slice_p], prop=prop_dynamic)
+@rule(P.dynamic_slice_p, prop=prop_dynamic)  # dynamic_update_slice: rules/dus.py
 def part_dynamic(ctx, eqn, ins, targets):
     full = _full_dims(eqn)
     want = _keep(targets[0], full)
-    is_update = eqn.prim is P.dynamic_update_slice_p
-    n_arrays = 2 if is_update else 1
-    arrays = [ctx.reshard(x, want, f"{eqn.prim.name}: sliced dims whole") for x in ins[:n_arrays]]
-    starts = [ctx.reshard(s, ShardingSpec.replicated(0), "slice start").val for s in ins[n_arrays:]]
+    x = ctx.reshard(ins[0], want, f"{eqn.prim.name}: sliced dims whole")
+    starts = [ctx.reshard(s, ShardingSpec.replicated(0), "slice start").val for s in ins[1:]]
     starts = _clamped(starts, eqn.inputs[0].shape, _window(eqn), full)
-    params = dict(eqn.params)
-    if not is_update:
-        local = want.local_shape(eqn.outputs[0].shape, ctx.sizes)
-        params["slice_sizes"] = tuple(local)
-    val = eqn.prim.bind(*[a.val for a in arrays], *starts, **params)
+    local = want.local_shape(eqn.outputs[0].shape, ctx.sizes)
+    val = eqn.prim.bind(x.val, *starts, **dict(eqn.params, slice_sizes=tuple(local)))
     return [ctx.reshard(Local(val, want, eqn.outputs[0].shape), targets[0], "slice result")]
 
 
