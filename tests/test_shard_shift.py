@@ -22,26 +22,37 @@ def _dus_dynamic(x, u, i):
     return lax.dynamic_update_slice(x, u * 2.0, (i, jnp.int32(1)))
 
 
+def _depthwise(x, k):
+    return lax.conv_general_dilated(x, k, (1, 1), "SAME", feature_group_count=x.shape[-1],
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 CASES = {  # name: (fn, shapes (n: the split dim's extent), split input dims, result split dim)
     "dynamic_update_slice": (_dus, lambda n: [(n, 16), (4, 16)], [0, None], 0),
     "dynamic_update_slice traced start": (
         _dus_dynamic, lambda n: [(n, 16), (6, 8), ()], [0, None, None], 0),
+    "depthwise conv, features split": (
+        _depthwise, lambda n: [(2, 8, 8, n), (3, 3, 1, n)], [3, 3], 3),
 }
-GRAD = {"dynamic_update_slice", "dynamic_update_slice traced start"}
+GRAD = {"dynamic_update_slice", "dynamic_update_slice traced start",
+        "depthwise conv, features split"}
 
 
 def _args(shapes, rng):
     return [np.int32(7) if s == () else rng.normal(size=s).astype(np.float32) for s in shapes]
 
 
-def _annotated(fn, dims, out_dim, axes):
+def _annotated(fn, dims, out_dim, axes, reduce=False):
+    """fn with its inputs and result split over all `axes`; `reduce`: the result then summed over
+    its split dim (an uneven split cannot leave the program, so both partitioners keep it in)."""
     def split(x, d):
         return gshard.mesh_split(x, tuple(axes if k == d else None for k in range(np.ndim(x))))
 
     def f(*xs):
         xs = [x if d is None else split(x, d) for x, d in zip(xs, dims)]
         y = fn(*xs)
-        return y if out_dim is None else split(y, out_dim)
+        y = y if out_dim is None else split(y, out_dim)
+        return y.sum(out_dim) if reduce else y
     return f
 
 
@@ -56,10 +67,10 @@ def _xla_bytes(f, mesh, args, specs):
 def _check(case, mesh_shape, n, bytes_too=True):
     fn, shapes, dims, out_dim = CASES[case]
     mesh = auto_mesh(mesh_shape)
-    f = _annotated(fn, dims, out_dim, tuple(mesh.axis_names))
+    f = _annotated(fn, dims, out_dim, tuple(mesh.axis_names), reduce=n % 8 != 0)
     args = _args(shapes(n), np.random.default_rng(n))
     pf = gshard.partition(f, mesh)
-    np.testing.assert_allclose(np.asarray(pf(*args)), np.asarray(jax.jit(fn)(*args)),
+    np.testing.assert_allclose(np.asarray(pf(*args)), np.asarray(jax.jit(f)(*args)),
                                rtol=1e-5, atol=1e-5)
     low = pf.lower(*args)
     compiled = hlo_collectives(low.program.call.as_text())

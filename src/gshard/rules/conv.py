@@ -10,6 +10,7 @@ Batch and output-feature splits are local; an input-feature split on both sides 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import jax.numpy as jnp
@@ -42,6 +43,21 @@ def _grouped(eqn) -> bool:
     return eqn.params["feature_group_count"] != 1 or eqn.params["batch_group_count"] != 1
 
 
+def group_split(eqn, axes, sizes) -> bool:
+    """A feature_group_count conv can split its groups over `axes`: every shard of the input
+    features, the kernel's output features and the result's features holds the same whole groups
+    (depthwise convs, even or uneven)."""
+    p = eqn.params
+    G = p["feature_group_count"]
+    if G == 1 or p["batch_group_count"] != 1 or not axes:
+        return False
+    d = Dims.of(eqn)
+    cin, cout = eqn.inputs[0].shape[d.lhs[1]], eqn.inputs[1].shape[d.rhs[0]]
+    t = math.prod(sizes[a] for a in axes)
+    li, lo = -(-cin // t), -(-cout // t)
+    return li % (cin // G) == 0 and lo == li // (cin // G) * (cout // G)
+
+
 def _dims(spec, rank):
     return spec.dims if spec is not None else ((),) * rank
 
@@ -59,6 +75,10 @@ def prop_conv(eqn, ins, outs, mesh):
         out[d.out[0]], lhs[d.lhs[0]] = ld[d.lhs[0]], od[d.out[0]]
     if not _grouped(eqn):
         out[d.out[1]], rhs[d.rhs[0]] = rd[d.rhs[0]], od[d.out[1]]
+    else:  # groups split: input features, kernel output features and result features together
+        f = next((a for a in (od[d.out[1]], ld[d.lhs[1]], rd[d.rhs[0]])
+                  if group_split(eqn, a, mesh.sizes)), ())
+        out[d.out[1]] = lhs[d.lhs[1]] = rhs[d.rhs[0]] = f
     oshape = eqn.outputs[0].shape
     for k in range(d.nspatial):
         n, no = lshape[d.lhs[2 + k]], oshape[d.out[2 + k]]
@@ -86,13 +106,15 @@ def _spatial_modes(eqn, d: Dims, lhs: Local, rhs: Local, target: ShardingSpec):
     return modes
 
 
-def _plan(eqn, d: Dims, lhs: Local, rhs: Local, target: ShardingSpec):
+def _plan(eqn, d: Dims, lhs: Local, rhs: Local, target: ShardingSpec, sizes):
     modes = _spatial_modes(eqn, d, lhs, rhs, target)
     ldims, rdims, odims = [()] * lhs.rank, [()] * rhs.rank, [()] * lhs.rank
     if eqn.params["batch_group_count"] == 1:
         ldims[d.lhs[0]] = odims[d.out[0]] = target.dims[d.out[0]]
     if not _grouped(eqn):
         rdims[d.rhs[0]] = odims[d.out[1]] = target.dims[d.out[1]]
+    elif group_split(eqn, target.dims[d.out[1]], sizes):
+        ldims[d.lhs[1]] = rdims[d.rhs[0]] = odims[d.out[1]] = target.dims[d.out[1]]
     partial = []
     ca = lhs.spec.dims[d.lhs[1]]
     if not _grouped(eqn) and ca and ca == rhs.spec.dims[d.rhs[1]]:
@@ -114,12 +136,13 @@ def _plan(eqn, d: Dims, lhs: Local, rhs: Local, target: ShardingSpec):
 
 
 # ----- partitioning -----------------------------------------------------------------------------
-def _from_operands(eqn, d: Dims, lhs: Local, rhs: Local, prefer_lhs: bool) -> ShardingSpec:
+def _from_operands(eqn, d: Dims, lhs: Local, rhs: Local, prefer_lhs: bool, sizes) -> ShardingSpec:
     """A result layout read off the operands: batch from the input, output features from the
     kernel, spatial dims from the input; on a clash the preferred operand keeps its axes."""
     dims = [()] * lhs.rank
     b = lhs.spec.dims[d.lhs[0]] if eqn.params["batch_group_count"] == 1 else ()
-    f = rhs.spec.dims[d.rhs[0]] if not _grouped(eqn) else ()
+    f = rhs.spec.dims[d.rhs[0]] if not _grouped(eqn) else next(
+        (a for a in (rhs.spec.dims[d.rhs[0]], lhs.spec.dims[d.lhs[1]]) if group_split(eqn, a, sizes)), ())
     if set(b) & set(f):
         b, f = (b, ()) if prefer_lhs else ((), f)
     dims[d.out[0]], dims[d.out[1]] = b, f
@@ -136,8 +159,9 @@ def _choose(ctx, eqn, d: Dims, lhs: Local, rhs: Local, target: ShardingSpec):
     reshards free): (layout, spatial modes, (lhs, rhs, result) specs)."""
     best = None
     out_item = jnp.dtype(eqn.outputs[0].aval.dtype).itemsize
-    for want in (target, _from_operands(eqn, d, lhs, rhs, True), _from_operands(eqn, d, lhs, rhs, False)):
-        modes, specs = _plan(eqn, d, lhs, rhs, want)
+    for want in (target, _from_operands(eqn, d, lhs, rhs, True, ctx.sizes),
+                 _from_operands(eqn, d, lhs, rhs, False, ctx.sizes)):
+        modes, specs = _plan(eqn, d, lhs, rhs, want, ctx.sizes)
         if specs is None:
             continue
         cost = ctx.cost(lhs, specs[0]) + ctx.cost(rhs, specs[1]) + reshard_cost(
@@ -166,7 +190,8 @@ def part_conv(ctx, eqn, ins, targets):
         if y is None:
             return _fallback(ctx, eqn, ins, targets)
         x, padding[k] = y, (0, 0)
-    val = eqn.prim.bind(x, rhs.val, **dict(p, padding=tuple(padding)))
+    groups = p["feature_group_count"] * x.shape[d.lhs[1]] // lhs.shape[d.lhs[1]]  # whole groups
+    val = eqn.prim.bind(x, rhs.val, **dict(p, padding=tuple(padding), feature_group_count=groups))
     out = Local(val, ospec.with_partial(ctx.new_partial(ospec.partial)), eqn.outputs[0].shape)
     return [out] if ospec.partial else [ctx.reshard(out, targets[0], "conv result")]
 
