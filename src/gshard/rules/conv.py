@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import jax.numpy as jnp
+from jax import lax
 from jax.extend.core import primitives as P
 
 from ..registry import rule
@@ -83,7 +84,9 @@ def prop_conv(eqn, ins, outs, mesh):
     for k in range(d.nspatial):
         n, no = lshape[d.lhs[2 + k]], oshape[d.out[2 + k]]
         same_extent = 2 * no * eqn.params["window_strides"][k] >= n  # not a kernel gradient
-        if rshape[d.rhs[2 + k]] < n and eqn.params["lhs_dilation"][k] == 1 and same_extent:
+        dil = eqn.params["lhs_dilation"][k]
+        same_extent = same_extent if dil == 1 else eqn.params["window_strides"][k] == 1
+        if rshape[d.rhs[2 + k]] < n and same_extent:
             out[d.out[2 + k]], lhs[d.lhs[2 + k]] = ld[d.lhs[2 + k]], od[d.out[2 + k]]
     return [ShardingSpec(tuple(lhs)), ShardingSpec(tuple(rhs))], [ShardingSpec(tuple(out))]
 
@@ -96,7 +99,7 @@ def _spatial_modes(eqn, d: Dims, lhs: Local, rhs: Local, target: ShardingSpec):
         la, ra = lhs.spec.dims[d.lhs[2 + k]], rhs.spec.dims[d.rhs[2 + k]]
         oa = target.dims[d.out[2 + k]]
         if eqn.params["lhs_dilation"][k] != 1:
-            modes.append(("whole", ()))
+            modes.append(("dilated", oa) if oa else ("whole", ()))
         elif oa:
             modes.append(("out", oa))
         elif la and la == ra:
@@ -122,7 +125,7 @@ def _plan(eqn, d: Dims, lhs: Local, rhs: Local, target: ShardingSpec, sizes):
         partial += list(ca)
     for k, (mode, axes) in enumerate(modes):
         ldims[d.lhs[2 + k]] = axes
-        if mode == "out":
+        if mode in ("out", "dilated"):
             odims[d.out[2 + k]] = axes
         elif mode == "window":
             rdims[d.rhs[2 + k]] = axes
@@ -181,17 +184,21 @@ def part_conv(ctx, eqn, ins, targets):
     want, modes, (lspec, rspec, ospec) = _choose(ctx, eqn, d, lhs, rhs, targets[0])
     lhs = ctx.masked(ctx.reshard(lhs, lspec, "conv input"), [d.lhs[1]], 0)
     rhs = ctx.masked(ctx.reshard(rhs, rspec, "conv kernel"), [d.rhs[1]] + list(d.rhs[2:]), 0)
-    x, padding = lhs.val, list(p["padding"])
+    x, padding, ldil = lhs.val, list(p["padding"]), list(p["lhs_dilation"])
     for k, (mode, axes) in enumerate(modes):
         if mode == "whole":
             continue
         win = _window_args(eqn, d, k, mode, axes, lhs, rhs, want, ctx)
-        y = halo.window(ctx, x, d.lhs[2 + k], axes, *win)
+        if mode == "dilated":
+            y = _dilated_window(ctx, x, d.lhs[2 + k], axes, *win, ldil[k])
+        else:
+            y = halo.window(ctx, x, d.lhs[2 + k], axes, *win)
         if y is None:
             return _fallback(ctx, eqn, ins, targets)
-        x, padding[k] = y, (0, 0)
+        x, padding[k], ldil[k] = y, (0, 0), 1
     groups = p["feature_group_count"] * x.shape[d.lhs[1]] // lhs.shape[d.lhs[1]]  # whole groups
-    val = eqn.prim.bind(x, rhs.val, **dict(p, padding=tuple(padding), feature_group_count=groups))
+    val = eqn.prim.bind(x, rhs.val, **dict(p, padding=tuple(padding), lhs_dilation=tuple(ldil),
+                                           feature_group_count=groups))
     out = Local(val, ospec.with_partial(ctx.new_partial(ospec.partial)), eqn.outputs[0].shape)
     return [out] if ospec.partial else [ctx.reshard(out, targets[0], "conv result")]
 
@@ -200,13 +207,31 @@ def _window_args(eqn, d, k, mode, axes, lhs, rhs, target, ctx):
     p = eqn.params
     n = lhs.shape[d.lhs[2 + k]]
     s, rd, (pl, _) = p["window_strides"][k], p["rhs_dilation"][k], p["padding"][k]
-    if mode == "out":
+    if mode in ("out", "dilated"):
         Lo = target.local_shape(eqn.outputs[0].shape, ctx.sizes)[d.out[2 + k]]
         w = rhs.shape[d.rhs[2 + k]]
         return n, Lo * s, -pl, (Lo - 1) * s + (w - 1) * rd + 1
     Lg = rhs.val.shape[d.rhs[2 + k]]
     out = eqn.outputs[0].shape[d.out[2 + k]]
     return n, Lg * rd, -pl, (out - 1) * s + (Lg - 1) * rd + 1
+
+
+def _dilated_window(ctx, x, dim: int, axes, n: int, step: int, a0: int, width: int, ld: int):
+    """Window [i*step + a0, +width) of the input dilated by `ld` (input row q at q*ld): the input
+    rows it reads (a halo), dilated here; None if the halo is too wide."""
+    first = lambda i: (i * step + a0 + ld - 1) // ld  # noqa: E731  (ints and traced ints)
+    last = lambda i: (i * step + a0 + width - 1) // ld  # noqa: E731
+    t = halo.tiles(ctx, axes)
+    wq = max(1, max(last(i) - first(i) + 1 for i in range(t)))
+    w = halo.window_at(ctx, x, dim, axes, n, first, wq, end=lambda i: last(i) + 1)
+    if w is None:
+        return None
+    cfg = [(0, 0, 0)] * x.ndim
+    cfg[dim] = (ld - 1, width, ld - 1)  # window row j at ld-1 + j*ld; zeros between and after
+    dil = lax.pad(w, jnp.zeros((), w.dtype), cfg)
+    i = ctx.shard_index(axes)
+    shift = first(i) * ld - (i * step + a0)  # in [0, ld)
+    return lax.dynamic_slice_in_dim(dil, ld - 1 - shift, width, axis=dim)
 
 
 def _fallback(ctx, eqn, ins, targets):

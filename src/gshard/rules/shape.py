@@ -180,21 +180,8 @@ def _unsplit(spec, dims):
         tuple(() if d in dims else a for d, a in enumerate(spec.dims)))
 
 
-def prop_moving(eqn, ins, outs, mesh):
-    moving = _moving_dims(eqn)
-    rank = len(eqn.outputs[0].shape)
-    cands = [s for s, x in zip(ins, eqn.inputs) if s is not None and len(x.shape) == rank]
-    shape, sizes = eqn.outputs[0].shape, mesh.sizes
-    fwd = relocate(cands[0], moving, shape, sizes) if cands else None  # the split moves, not lost
-    bwd = relocate(outs[0], moving, shape, sizes)
-    return [bwd if len(x.shape) == rank else None for x in eqn.inputs], [fwd]
-
-
-MOVING = [P.concatenate_p, P.rev_p]  # pad and slice: rules/shift.py
-
-
-@rule(MOVING, prop=prop_moving)
 def part_moving(ctx, eqn, ins, targets):
+    """concatenate / rev with their moving dims whole (rules/rotate.py falls back to this)."""
     moving = _moving_dims(eqn)
     rank = len(eqn.outputs[0].shape)
     need = _unsplit(targets[0], moving)
