@@ -52,6 +52,15 @@ CASES = {  # name: (fn, shapes (n: the split dim's extent), split input dims, re
     "scatter-add, updates split": (
         lambda x, i, u: x.at[i].add(u), lambda n: [(n, 16), ("ids", (24,), n), (24, 16)],
         [0, 0, 0], 0),
+    "gather x[arange, labels]": (
+        lambda x, l: x[jnp.arange(x.shape[0]), l], lambda n: [(n, 16), ("ids", (n,), 16)],
+        [0, 0], 0),
+    "gather x[arange, labels], labels replicated": (
+        lambda x, l: x[jnp.arange(x.shape[0]), l] * 2.0, lambda n: [(n, 16), ("ids", (n,), 16)],
+        [0, None], 0),
+    "gather x[arange, labels], 3-d": (
+        lambda x, l: x[jnp.arange(x.shape[0]), :, l], lambda n: [(n, 3, 16), ("ids", (n,), 16)],
+        [0, 0], 0),
     "roll": (lambda x: jnp.roll(x, 3, 0), lambda n: [(n, 16)], [0], 0),
     "pad wrap": (lambda x: jnp.pad(x, ((2, 3), (0, 0)), mode="wrap"), lambda n: [(n, 16)], [0], 0),
     "concatenate": (lambda x, y: jnp.concatenate([x, y * 2.0], 0), lambda n: [(n, 8), (n // 2, 8)],
@@ -62,7 +71,8 @@ ABOVE_XLA = {  # (case, n): XLA's rotate pattern sees both slices come from one 
 }
 GRAD = {"dynamic_update_slice", "dynamic_update_slice traced start",
         "depthwise conv, features split", "lhs-dilated conv, spatial split", "lhs-dilated conv, stride 3",
-        "reverse", "roll", "pad wrap", "concatenate", "scatter-add, updates replicated",
+        "reverse", "roll", "pad wrap", "gather x[arange, labels]",
+        "gather x[arange, labels], 3-d", "concatenate", "scatter-add, updates replicated",
         "scatter-add, updates split"}
 
 

@@ -11,6 +11,7 @@ from ..compat import primitive
 from ..registry import rule
 from ..spmd.shard import Local
 from ..spec import ShardingSpec, merge
+from . import iota
 
 _NAMES = """add sub mul div rem pow max min neg sign floor ceil round is_finite exp exp2 log log1p
 expm1 tanh logistic sin cos tan asin acos atan atan2 sinh cosh asinh acosh atanh sqrt rsqrt cbrt
@@ -75,6 +76,7 @@ def _kept_partial(eqn, ins: list[Local], rank: int) -> tuple[str, ...]:
 
 @rule(ELEMENTWISE, prop=prop_elementwise, fwd_level=0, carries_padded=True)
 def part_elementwise(ctx, eqn, ins, targets):
+    iota.note(eqn)
     target, out_shape = targets[0], eqn.outputs[0].shape
     partial = _kept_partial(eqn, ins, len(out_shape))
     if set(partial) & set(target.used_axes()):

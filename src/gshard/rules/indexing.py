@@ -15,6 +15,7 @@ from ..compat import primitive
 from ..registry import rule
 from ..spec import ShardingSpec, merge, relocate
 from ..spmd.shard import Local
+from . import iota
 
 
 def _non_window(rank: int, window) -> list[int]:
@@ -62,6 +63,11 @@ def prop_gather(eqn, ins, outs, mesh):
 @rule(P.gather_p, prop=prop_gather)
 def part_gather(ctx, eqn, ins, targets):
     operand, indices = ins
+    parallel = iota.as_batching(eqn)
+    if parallel is not None:  # iota columns of the indices: batching dims
+        eqn, keep = parallel
+        cols = jnp.take(indices.val, jnp.asarray(keep), axis=-1)
+        indices = Local(cols, indices.spec, eqn.inputs[1].shape)
     batch = _gather_batch_dims(eqn)
     t = targets[0]
     d = split_lookup_dim(eqn, operand)

@@ -18,7 +18,7 @@ from jax.extend.core import primitives as P
 
 from ..registry import rule
 from ..spmd.shard import Local
-from . import halo
+from . import halo, iota
 from .shape import part_moving
 
 
@@ -70,6 +70,7 @@ def part_rev(ctx, eqn, ins, targets):
 # ----- concatenate ------------------------------------------------------------------------------
 @rule(P.concatenate_p, prop=prop_concat)
 def part_concat(ctx, eqn, ins, targets):
+    iota.note(eqn)
     d, want = eqn.params["dimension"], targets[0].drop_partial()
     axes = want.dims[d]
     if not axes:

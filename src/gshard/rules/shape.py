@@ -16,6 +16,7 @@ from jax.extend.core import primitives as P
 from ..spmd.shard import Local
 from ..registry import rule
 from ..spec import ShardingSpec, relocate
+from . import iota
 
 
 # ----- reshape groups ---------------------------------------------------------------------------
@@ -150,6 +151,7 @@ def _broadcast_levels(eqn) -> tuple[int, int]:
 
 @rule(P.broadcast_in_dim_p, prop=prop_broadcast, levels=_broadcast_levels)
 def part_broadcast(ctx, eqn, ins, targets):
+    iota.note(eqn)
     t, x = targets[0], ins[0]
     dims = [()] * x.rank
     for i, o in _bcast_map(eqn):
@@ -199,6 +201,7 @@ def prop_iota(eqn, ins, outs, mesh):
 
 @rule(P.iota_p, prop=prop_iota, fwd_level=0)
 def part_iota(ctx, eqn, ins, targets):
+    iota.note(eqn)
     t, p = targets[0], eqn.params
     local = t.local_shape(p["shape"], ctx.sizes)
     dim = p["dimension"]
