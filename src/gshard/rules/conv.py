@@ -7,6 +7,10 @@ rows its windows need from its neighbours (CollectivePermute), with positions ou
 - window split (the kernel gradient, where the output is the small kernel): step = Lg*rhs_dil,
   the result a partial sum over A.
 Batch and output-feature splits are local; an input-feature split on both sides is a partial sum.
+A grouped conv (depthwise: feature_group_count == features) splits its whole groups: input
+features, kernel output features and result features together, no communication.
+An lhs-dilated (transposed) conv with its output split: each device fetches the input rows its
+dilated window reads (a halo), dilates them locally and convolves without lhs dilation.
 """
 from __future__ import annotations
 

@@ -1,13 +1,17 @@
-"""Gather (jnp.take, x[idx], embedding lookups), dynamic_slice / update, sort, top_k.
+"""Gather (jnp.take, x[idx], embedding lookups), dynamic_slice, sort, top_k.
 
 Gather: the operand's indexed dims are made whole (an AllGather where they were split, reported),
 except a table split along the one dim it is looked up in (a masked local lookup, a partial sum);
 window dims taken whole keep their split; the result's batch dims follow the indices' sharding, so
-a batch-split lookup from a replicated table is local.
+a batch-split lookup from a replicated table is local. Index columns that are an iota
+(x[jnp.arange(B), labels]) are batching dims (rules/iota.py): operand and indices split alike.
+Sort / top_k along a split dim: the split moves onto another dim (an AllToAll each way, padded
+shards for an uneven dim), never a gather. dynamic_update_slice: rules/dus.py.
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 from jax.lax import GatherScatterMode
 from jax.extend.core import primitives as P
 
@@ -246,9 +250,47 @@ ALONG = [p for p in (P.sort_p, P.top_k_p, SPLIT) if p is not None]
 @rule(ALONG, prop=prop_along)
 def part_along(ctx, eqn, ins, targets):
     d = _along(eqn)
-    want = targets[0].drop_partial().with_dim(d, ())
-    vals = [ctx.reshard(x, want, f"{eqn.prim.name} needs dim {d} whole").val for x in ins]
+    split = [s.drop_partial() for s in list(targets) + [x.spec for x in ins] if s.dims[d]]
+    t = split[0] if split else targets[0].drop_partial()
+    # the dim sorted along whole, its split moved onto another dim (AllToAlls, not a gather)
+    want = relocate(t, [d], eqn.inputs[0].shape, ctx.sizes)
+    m = _swap_dim(ctx, t, want, d, eqn.inputs[0].shape)
+    why = f"{eqn.prim.name} needs dim {d} whole"
+    vals = [_swap_in(ctx, x, d, m) if m is not None and x.spec.drop_partial() == t
+            else ctx.reshard(x, want, why).val for x in ins]
     outs = eqn.prim.bind(*vals, **eqn.params)
     outs = outs if eqn.prim.multiple_results else [outs]
     res = [Local(v, want, o.shape) for v, o in zip(outs, eqn.outputs)]
-    return [ctx.reshard(r, t, f"{eqn.prim.name} result") for r, t in zip(res, targets)]
+    if m is not None:
+        res = [_swap_out(ctx, r, t, d, m) if t2.drop_partial() == t else r
+               for r, t2 in zip(res, targets)]
+    return [ctx.reshard(r, t2, f"{eqn.prim.name} result") for r, t2 in zip(res, targets)]
+
+
+def _swap_dim(ctx, t, want, d: int, shape):
+    """The dim m an uneven split of dim d moved to whole (one AllToAll of padded shards each
+    way), or None (the reshard planner moves it)."""
+    axes = t.dims[d]
+    if not axes or shape[d] % t.tiles(d, ctx.sizes) == 0:
+        return None
+    m = [k for k in range(len(shape)) if want.dims[k] != t.dims[k] and k != d]
+    if len(m) != 1 or want.dims[m[0]] != t.dims[m[0]] + axes:
+        return None
+    return m[0]
+
+
+def _swap_in(ctx, x: Local, d: int, m: int):
+    """x split unevenly along d -> whole along d (n rows), split along m as well."""
+    axes = x.spec.dims[d]
+    val = ctx.all_to_all(x.val, axes, m, d, f"dim {d} whole, its split onto dim {m}")
+    return lax.slice_in_dim(val, 0, x.shape[d], axis=d)  # [t*L] -> [n] rows: padding last
+
+
+def _swap_out(ctx, r: Local, t, d: int, m: int) -> Local:
+    axes = t.dims[d]
+    L = t.local_shape(r.shape, ctx.sizes)[d]
+    pad = [(0, 0, 0)] * r.rank
+    pad[d] = (0, L * t.tiles(d, ctx.sizes) - r.shape[d], 0)  # [n] -> [t*L] rows
+    val = lax.pad(r.val, jnp.zeros((), r.dtype), pad)
+    val = ctx.all_to_all(val, axes, d, m, f"dim {m}'s split back onto dim {d}")
+    return Local(val, t, r.shape)

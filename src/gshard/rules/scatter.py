@@ -4,6 +4,9 @@ Scatter-add: each device adds its own updates into a zero-initialised copy (the 
 kept on one device only), leaving a partial sum over the updates' split axes, reduced lazily.
 Window dims the updates cover whole keep the operand's split (no partial sum there). Other
 scatters (set, mul, min, max) are computed whole and sliced (reported).
+An operand split along the dim it is indexed by single rows keeps its split: each device adds the
+updates whose rows it holds (indices and updates whole, when that moves fewer bytes than the
+partial sum's reduce-scatter of the whole operand).
 """
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 Reshape: a sharding survives a group of merged/split dims iff only the most-major dim of the
 group is split and the split count divides it ([8,16] split on dim 0 -> [128] ok; split on dim 1
--> not representable -> reshard). Ops that move data along a dim (slice, pad, concat, rev) need
-that dim unsplit; the other dims pass through.
+-> not representable -> reshard). Ops that move data along a split dim shift shards instead:
+slice and pad in rules/shift.py, concatenate and rev in rules/rotate.py (`part_moving` here, with
+the moved dims whole, is their fallback).
 """
 from __future__ import annotations
 

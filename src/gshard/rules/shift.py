@@ -6,7 +6,9 @@ Along a moved dim d the result position p reads operand position q(p) (or the pa
 - result unsplit, operand split: each device writes the positions it owns (zeros elsewhere, the
   pad value on one device), a partial sum over the operand's axes, reduced lazily;
 - otherwise the dim is whole and the op local.
-Propagation passes a split through a moved dim whose extent about stays (shifts, small pads).
+Propagation passes a split through a moved dim whose extent about stays (shifts, small pads);
+a slice no bigger than two operand shards is whole where it was cut (the rows a roll wraps).
+The operand keeps its split along the moved dims: it is sliced in place, never resharded first.
 """
 from __future__ import annotations
 
