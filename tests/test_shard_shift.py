@@ -157,3 +157,34 @@ def test_gradients(case, mesh_shape):
     ref = jax.grad(lambda *xs: jnp.sum(jnp.sin(fn(*xs))), argnums=diff)
     for a, b in zip(gshard.partition(g, mesh)(*args), jax.jit(ref)(*args)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+# ----- programs the fuzzer found wrong while these rules were written ---------------------------
+def _conv_stride2(v11, v12):  # an ungrouped conv whose input features are split
+    v13 = lax.conv_general_dilated(v11, 0.3 * v12, (2, 2), "VALID",
+                                   dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    return gshard.mesh_split(lax.reshape(v13, (2, 3, 2), dimensions=(0, 1, 3, 2)),
+                             ("data", None, "model"))
+
+
+def _pad_edge(v0):  # concatenates with empty operands
+    v4 = jnp.pad(gshard.mesh_split(v0, ("a", None)), ((0, 2), (0, 2)), mode="edge")
+    return lax.reshape(jnp.expand_dims(v4, 2), (117, 1), dimensions=(2, 1, 0))
+
+
+def _scatter_row(v0):  # an owned scatter-add of one row, window dims split too
+    return gshard.mesh_split(gshard.split(v0, 2, 8), ("a", None, "c")).at[3].add(1.5)
+
+
+FOUND = {"conv, input features split": (_conv_stride2, (2, 4), [(2, 1, 6, 4), (1, 1, 1, 1)]),
+         "pad edge": (_pad_edge, (2, 2, 2), [(11, 7)]),
+         "scatter-add of one row": (_scatter_row, (2, 2, 2), [(4, 9, 2)])}
+
+
+@pytest.mark.parametrize("case", list(FOUND))
+def test_found_by_the_fuzzer(case):
+    fn, shape, shapes = FOUND[case]
+    mesh = jax.make_mesh(shape, ("data", "model") if len(shape) == 2 else ("a", "b", "c"))
+    args = _args(shapes, np.random.default_rng(3))
+    np.testing.assert_allclose(np.asarray(gshard.partition(fn, mesh)(*args)),
+                               np.asarray(jax.jit(fn)(*args)), rtol=1e-5, atol=1e-5)

@@ -200,7 +200,9 @@ def part_conv(ctx, eqn, ins, targets):
         if y is None:
             return _fallback(ctx, eqn, ins, targets)
         x, padding[k], ldil[k] = y, (0, 0), 1
-    groups = p["feature_group_count"] * x.shape[d.lhs[1]] // lhs.shape[d.lhs[1]]  # whole groups
+    groups = p["feature_group_count"]
+    if groups > 1:  # a group split: the local features hold whole groups
+        groups = x.shape[d.lhs[1]] // (lhs.shape[d.lhs[1]] // groups)
     val = eqn.prim.bind(x, rhs.val, **dict(p, padding=tuple(padding), lhs_dilation=tuple(ldil),
                                            feature_group_count=groups))
     out = Local(val, ospec.with_partial(ctx.new_partial(ospec.partial)), eqn.outputs[0].shape)

@@ -80,6 +80,8 @@ def part_concat(ctx, eqn, ins, targets):
     pos = jnp.arange(Lo) + i * Lo  # the result rows of this device
     out, off = None, 0
     for x in ins:
+        if x.shape[d] == 0:  # an empty operand adds no rows
+            continue
         rows = _rows_of(ctx, x, d, axes, want, Lo, off)
         if rows is None:
             return part_moving(ctx, eqn, ins, targets)

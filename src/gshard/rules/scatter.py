@@ -192,9 +192,11 @@ def owned_scatter(ctx, eqn, ins, d: int) -> Local:
     if eqn.params["mode"] != GatherScatterMode.FILL_OR_DROP:  # CLIP, PROMISE_IN_BOUNDS
         ids = jnp.clip(ids, 0, n - 1)
     local = ids - (ctx.shard_index(axes) * L).astype(ids.dtype)
-    ok = (local >= 0) & (local < L) & (ids >= 0) & (ids < n)  # never a padding row
-    local = jnp.where(ok, local, L)  # out of this shard: dropped
-    params = dict(eqn.params, mode=GatherScatterMode.FILL_OR_DROP, indices_are_sorted=False,
+    ok = jnp.all((local >= 0) & (local < L) & (ids >= 0) & (ids < n), axis=-1)  # no padding row
+    # rows out of this shard add zeros at a clipped row (no reliance on out-of-bounds drops)
+    keep = jnp.expand_dims(ok, [u for u in range(updates.rank) if u not in _scatter_dims(eqn)])
+    upd = jnp.where(keep, updates.val, jnp.zeros((), updates.dtype))
+    params = dict(eqn.params, mode=GatherScatterMode.CLIP, indices_are_sorted=False,
                   unique_indices=False)
-    val = eqn.prim.bind(operand.val, local, updates.val, **params)
+    val = eqn.prim.bind(operand.val, jnp.clip(local, 0, L - 1), upd, **params)
     return Local(val, op_spec, operand.shape)
