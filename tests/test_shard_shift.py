@@ -63,6 +63,9 @@ CASES = {  # name: (fn, shapes (n: the split dim's extent), split input dims, re
         [0, 0], 0),
     "sort": (lambda x: jnp.sort(x, 0), lambda n: [(n, 16)], [0], 0),
     "argsort, two operands": (lambda x: jnp.argsort(x, 0), lambda n: [(n, 16)], [0], 0),
+    "gather x[arange, labels], its gradient (a scatter-add)": (
+        lambda x, l: jax.grad(lambda x: jnp.sum(jnp.sin(x[jnp.arange(x.shape[0]), l])))(x),
+        lambda n: [(n, 16), ("ids", (n,), 16)], [0, 0], 0),
     "roll": (lambda x: jnp.roll(x, 3, 0), lambda n: [(n, 16)], [0], 0),
     "pad wrap": (lambda x: jnp.pad(x, ((2, 3), (0, 0)), mode="wrap"), lambda n: [(n, 16)], [0], 0),
     "concatenate": (lambda x, y: jnp.concatenate([x, y * 2.0], 0), lambda n: [(n, 8), (n // 2, 8)],

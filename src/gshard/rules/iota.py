@@ -3,8 +3,9 @@
 x[jnp.arange(B), labels] gathers with indices concatenate([iota, labels]): the first column
 reads operand row b at batch position b, a batching dim in disguise. The partition rules of the
 ops that build such indices (iota, lt / select_n / convert_element_type, broadcast_in_dim,
-concatenate) `note` what their result is, in program order; the gather rule then reads the iota
-columns as batching dims (`as_batching`), so an operand split like its indices stays split.
+concatenate) `note` what their result is, in program order; the gather and scatter-add rules then
+read the iota columns as batching dims (`as_batching`, `scatter_as_batching`), so an operand split
+like its indices stays split, forward and backward.
 
 A fact is {column: dim} (column None: the whole value) meaning value[..., column] equals the
 position along `dim`.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 from jax import lax
 
 FACTS: dict[int, dict] = {}  # Value.id -> {column or None: dim}
@@ -57,7 +59,6 @@ def _select(eqn):  # select_n(pred, on_false, ...): pred all False picks on_fals
 
 
 def _convert(eqn):
-    import numpy as np
     return _fact(eqn.inputs[0]) if np.issubdtype(eqn.params["new_dtype"], np.integer) else None
 
 
@@ -90,28 +91,61 @@ class _Shaped:
     shape: tuple
 
 
+def _iota_columns(eqn, idx_pos: int, index_map, collapsed, window_ok):
+    """{column: (operand dim, indices dim)} of the iota index columns that address a collapsed
+    operand dim of the indices dim's extent, and the columns kept; None when there are none."""
+    f = _fact(eqn.inputs[idx_pos])
+    op_shape, idx_shape = eqn.inputs[0].shape, eqn.inputs[idx_pos].shape
+    if not f or None in f:
+        return None
+    iota = {j: (index_map[j], b) for j, b in f.items()
+            if index_map[j] in collapsed and window_ok(index_map[j])
+            and op_shape[index_map[j]] == idx_shape[b]}
+    keep = [j for j in range(idx_shape[-1]) if j not in iota]
+    return (iota, keep) if iota and keep else None
+
+
+def _rewritten(eqn, idx_pos: int, dn, keep):
+    inputs = list(eqn.inputs)
+    inputs[idx_pos] = _Shaped(tuple(eqn.inputs[idx_pos].shape[:-1]) + (len(keep),))
+    return dataclasses.replace(eqn, params=dict(eqn.params, dimension_numbers=dn), inputs=inputs)
+
+
 def as_batching(eqn):
     """(gather eqn with its iota columns as batching dims, index columns kept), or None."""
-    f = _fact(eqn.inputs[1])
     dn, sizes = eqn.params["dimension_numbers"], eqn.params["slice_sizes"]
-    op_shape, idx_shape = eqn.inputs[0].shape, eqn.inputs[1].shape
-    if not f or None in f or dn.operand_batching_dims:
+    if dn.operand_batching_dims:
         return None
-    iota = {}
-    for j, b in f.items():
-        od = dn.start_index_map[j]
-        if od in dn.collapsed_slice_dims and sizes[od] == 1 and op_shape[od] == idx_shape[b]:
-            iota[j] = (od, b)
-    keep = [j for j in range(idx_shape[-1]) if j not in iota]
-    if not iota or not keep:
+    found = _iota_columns(eqn, 1, dn.start_index_map, dn.collapsed_slice_dims,
+                          lambda od: sizes[od] == 1)
+    if found is None:
         return None
+    iota, keep = found
+    ods = {od for od, _ in iota.values()}
     new = lax.GatherDimensionNumbers(
         offset_dims=dn.offset_dims,
-        collapsed_slice_dims=tuple(d for d in dn.collapsed_slice_dims
-                                   if d not in {od for od, _ in iota.values()}),
+        collapsed_slice_dims=tuple(d for d in dn.collapsed_slice_dims if d not in ods),
         start_index_map=tuple(dn.start_index_map[j] for j in keep),
         operand_batching_dims=tuple(od for od, _ in iota.values()),
         start_indices_batching_dims=tuple(b for _, b in iota.values()))
-    shaped = _Shaped(tuple(idx_shape[:-1]) + (len(keep),))
-    return dataclasses.replace(eqn, params=dict(eqn.params, dimension_numbers=new),
-                               inputs=[eqn.inputs[0], shaped]), keep
+    return _rewritten(eqn, 1, new, keep), keep
+
+
+def scatter_as_batching(eqn):
+    """The same for a scatter (the gradient of such a gather)."""
+    dn = eqn.params["dimension_numbers"]
+    if dn.operand_batching_dims:
+        return None
+    found = _iota_columns(eqn, 1, dn.scatter_dims_to_operand_dims, dn.inserted_window_dims,
+                          lambda od: True)
+    if found is None:
+        return None
+    iota, keep = found
+    ods = {od for od, _ in iota.values()}
+    new = lax.ScatterDimensionNumbers(
+        update_window_dims=dn.update_window_dims,
+        inserted_window_dims=tuple(d for d in dn.inserted_window_dims if d not in ods),
+        scatter_dims_to_operand_dims=tuple(dn.scatter_dims_to_operand_dims[j] for j in keep),
+        operand_batching_dims=tuple(od for od, _ in iota.values()),
+        scatter_indices_batching_dims=tuple(b for _, b in iota.values()))
+    return _rewritten(eqn, 1, new, keep), keep

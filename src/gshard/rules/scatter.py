@@ -19,6 +19,7 @@ from jax.extend.core import primitives as P
 from ..registry import rule
 from ..spec import ShardingSpec, merge
 from ..spmd.shard import Local
+from . import iota
 from .indexing import _batched, _non_window
 from .misc import part_whole, prop_none
 
@@ -116,6 +117,12 @@ def _scatter_plan(eqn, operand: Local, indices: Local, updates: Local) -> list:
 @rule(P.scatter_add_p, prop=prop_scatter)
 def part_scatter_add(ctx, eqn, ins, targets):
     operand, indices, updates = ins
+    parallel = iota.scatter_as_batching(eqn)
+    if parallel is not None:  # iota columns of the indices: batching dims
+        eqn, keep = parallel
+        cols = jnp.take(indices.val, jnp.asarray(keep), axis=-1)
+        indices = Local(cols, indices.spec, eqn.inputs[1].shape)
+        ins = [operand, indices, updates]
     d = owned_dim(eqn)
     if d is not None and operand.spec.dims[d] and _owned_cheaper(ctx, eqn, ins, d):
         return [ctx.reshard(owned_scatter(ctx, eqn, ins, d), targets[0], "scatter-add result")]
