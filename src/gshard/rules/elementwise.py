@@ -14,6 +14,7 @@ from ..registry import rule
 from ..spmd.shard import Local
 from ..spec import ShardingSpec, merge
 from ..trace.graph import Value
+from . import iota
 
 _NAMES = """add sub mul div rem pow max min neg sign floor ceil round is_finite exp exp2 log log1p
 expm1 tanh logistic sin cos tan asin acos atan atan2 sinh cosh asinh acosh atanh sqrt rsqrt cbrt
@@ -117,6 +118,7 @@ def _sum_needed_next(ctx, eqn, partial) -> bool:
 
 @rule(ELEMENTWISE, prop=prop_elementwise, fwd_level=0, carries_padded=True)
 def part_elementwise(ctx, eqn, ins, targets):
+    iota.note(eqn)
     target, out_shape = targets[0], eqn.outputs[0].shape
     partial = _kept_partial(eqn, ins, len(out_shape))
     if set(partial) & set(target.used_axes()) or (partial and _sum_needed_next(ctx, eqn, partial)):

@@ -1,13 +1,17 @@
-"""Gather (jnp.take, x[idx], embedding lookups), dynamic_slice / update, sort, top_k.
+"""Gather (jnp.take, x[idx], embedding lookups), dynamic_slice, sort, top_k.
 
 Gather: the operand's indexed dims are made whole (an AllGather where they were split, reported),
 except a table split along the one dim it is looked up in (a masked local lookup, a partial sum);
 window dims taken whole keep their split; the result's batch dims follow the indices' sharding, so
-a batch-split lookup from a replicated table is local.
+a batch-split lookup from a replicated table is local. Index columns that are an iota
+(x[jnp.arange(B), labels]) are batching dims (rules/iota.py): operand and indices split alike.
+Sort / top_k along a split dim: the split moves onto another dim (an AllToAll each way, padded
+shards for an uneven dim), never a gather. dynamic_update_slice: rules/dus.py.
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 from jax.lax import GatherScatterMode
 from jax.extend.core import primitives as P
 
@@ -15,6 +19,7 @@ from ..compat import primitive
 from ..registry import rule
 from ..spec import ShardingSpec, merge, relocate
 from ..spmd.shard import Local
+from . import iota
 
 
 def _non_window(rank: int, window) -> list[int]:
@@ -62,6 +67,11 @@ def prop_gather(eqn, ins, outs, mesh):
 @rule(P.gather_p, prop=prop_gather)
 def part_gather(ctx, eqn, ins, targets):
     operand, indices = ins
+    parallel = iota.as_batching(eqn)
+    if parallel is not None:  # iota columns of the indices: batching dims
+        eqn, keep = parallel
+        cols = jnp.take(indices.val, jnp.asarray(keep), axis=-1)
+        indices = Local(cols, indices.spec, eqn.inputs[1].shape)
     batch = _gather_batch_dims(eqn)
     t = targets[0]
     d = split_lookup_dim(eqn, operand)
@@ -170,7 +180,7 @@ def _fill_value(eqn, dtype):
     return jnp.asarray(info.min if jnp.issubdtype(dtype, jnp.signedinteger) else info.max, dtype)
 
 
-# ----- dynamic_slice / dynamic_update_slice: sliced dims whole, full-extent dims pass -----------
+# ----- dynamic_slice: sliced dims whole, full-extent dims pass --------------------------------
 def _full_dims(eqn) -> list[bool]:
     return [n == s for n, s in zip(eqn.inputs[0].shape, _window(eqn))]
 
@@ -198,28 +208,18 @@ def prop_dynamic(eqn, ins, outs, mesh):
     full = _full_dims(eqn)
     sliced = [d for d, f in enumerate(full) if not f]
     keep = lambda s: relocate(s, sliced, eqn.inputs[0].shape, mesh.sizes)  # noqa: E731
-    props = [keep(outs[0])]
-    if eqn.prim is P.dynamic_update_slice_p:
-        props.append(keep(outs[0]))
-    props += [None] * (len(ins) - len(props))
-    fwd = keep(ins[0]) if eqn.prim is P.dynamic_slice_p else ins[0]
-    return props, [fwd]
+    return [keep(outs[0])] + [None] * (len(ins) - 1), [keep(ins[0])]
 
 
-@rule([P.dynamic_slice_p, P.dynamic_update_slice_p], prop=prop_dynamic)
+@rule(P.dynamic_slice_p, prop=prop_dynamic)  # dynamic_update_slice: rules/dus.py
 def part_dynamic(ctx, eqn, ins, targets):
     full = _full_dims(eqn)
     want = _keep(targets[0], full)
-    is_update = eqn.prim is P.dynamic_update_slice_p
-    n_arrays = 2 if is_update else 1
-    arrays = [ctx.reshard(x, want, f"{eqn.prim.name}: sliced dims whole") for x in ins[:n_arrays]]
-    starts = [ctx.reshard(s, ShardingSpec.replicated(0), "slice start").val for s in ins[n_arrays:]]
+    x = ctx.reshard(ins[0], want, f"{eqn.prim.name}: sliced dims whole")
+    starts = [ctx.reshard(s, ShardingSpec.replicated(0), "slice start").val for s in ins[1:]]
     starts = _clamped(starts, eqn.inputs[0].shape, _window(eqn), full)
-    params = dict(eqn.params)
-    if not is_update:
-        local = want.local_shape(eqn.outputs[0].shape, ctx.sizes)
-        params["slice_sizes"] = tuple(local)
-    val = eqn.prim.bind(*[a.val for a in arrays], *starts, **params)
+    local = want.local_shape(eqn.outputs[0].shape, ctx.sizes)
+    val = eqn.prim.bind(x.val, *starts, **dict(eqn.params, slice_sizes=tuple(local)))
     return [ctx.reshard(Local(val, want, eqn.outputs[0].shape), targets[0], "slice result")]
 
 
@@ -250,9 +250,47 @@ ALONG = [p for p in (P.sort_p, P.top_k_p, SPLIT) if p is not None]
 @rule(ALONG, prop=prop_along)
 def part_along(ctx, eqn, ins, targets):
     d = _along(eqn)
-    want = targets[0].drop_partial().with_dim(d, ())
-    vals = [ctx.reshard(x, want, f"{eqn.prim.name} needs dim {d} whole").val for x in ins]
+    split = [s.drop_partial() for s in list(targets) + [x.spec for x in ins] if s.dims[d]]
+    t = split[0] if split else targets[0].drop_partial()
+    # the dim sorted along whole, its split moved onto another dim (AllToAlls, not a gather)
+    want = relocate(t, [d], eqn.inputs[0].shape, ctx.sizes)
+    m = _swap_dim(ctx, t, want, d, eqn.inputs[0].shape)
+    why = f"{eqn.prim.name} needs dim {d} whole"
+    vals = [_swap_in(ctx, x, d, m) if m is not None and x.spec.drop_partial() == t
+            else ctx.reshard(x, want, why).val for x in ins]
     outs = eqn.prim.bind(*vals, **eqn.params)
     outs = outs if eqn.prim.multiple_results else [outs]
     res = [Local(v, want, o.shape) for v, o in zip(outs, eqn.outputs)]
-    return [ctx.reshard(r, t, f"{eqn.prim.name} result") for r, t in zip(res, targets)]
+    if m is not None:
+        res = [_swap_out(ctx, r, t, d, m) if t2.drop_partial() == t else r
+               for r, t2 in zip(res, targets)]
+    return [ctx.reshard(r, t2, f"{eqn.prim.name} result") for r, t2 in zip(res, targets)]
+
+
+def _swap_dim(ctx, t, want, d: int, shape):
+    """The dim m an uneven split of dim d moved to whole (one AllToAll of padded shards each
+    way), or None (the reshard planner moves it)."""
+    axes = t.dims[d]
+    if not axes or shape[d] % t.tiles(d, ctx.sizes) == 0:
+        return None
+    m = [k for k in range(len(shape)) if want.dims[k] != t.dims[k] and k != d]
+    if len(m) != 1 or want.dims[m[0]] != t.dims[m[0]] + axes:
+        return None
+    return m[0]
+
+
+def _swap_in(ctx, x: Local, d: int, m: int):
+    """x split unevenly along d -> whole along d (n rows), split along m as well."""
+    axes = x.spec.dims[d]
+    val = ctx.all_to_all(x.val, axes, m, d, f"dim {d} whole, its split onto dim {m}")
+    return lax.slice_in_dim(val, 0, x.shape[d], axis=d)  # [t*L] -> [n] rows: padding last
+
+
+def _swap_out(ctx, r: Local, t, d: int, m: int) -> Local:
+    axes = t.dims[d]
+    L = t.local_shape(r.shape, ctx.sizes)[d]
+    pad = [(0, 0, 0)] * r.rank
+    pad[d] = (0, L * t.tiles(d, ctx.sizes) - r.shape[d], 0)  # [n] -> [t*L] rows
+    val = lax.pad(r.val, jnp.zeros((), r.dtype), pad)
+    val = ctx.all_to_all(val, axes, d, m, f"dim {m}'s split back onto dim {d}")
+    return Local(val, t, r.shape)

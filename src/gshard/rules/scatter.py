@@ -4,15 +4,22 @@ Scatter-add: each device adds its own updates into a zero-initialised copy (the 
 kept on one device only), leaving a partial sum over the updates' split axes, reduced lazily.
 Window dims the updates cover whole keep the operand's split (no partial sum there). Other
 scatters (set, mul, min, max) are computed whole and sliced (reported).
+An operand split along the dim it is indexed by single rows keeps its split: each device adds the
+updates whose rows it holds (indices and updates whole, when that moves fewer bytes than the
+partial sum's reduce-scatter of the whole operand).
 """
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
+from jax.lax import GatherScatterMode
 from jax.extend.core import primitives as P
 
 from ..registry import rule
 from ..spec import ShardingSpec, merge
 from ..spmd.shard import Local
+from . import iota
 from .indexing import _batched, _non_window
 from .misc import part_whole, prop_none
 
@@ -50,7 +57,14 @@ def _pass_specs(eqn, op_spec, upd_spec):
 def prop_scatter(eqn, ins, outs, mesh):
     op, idx, upd = _prop_indexed(eqn, ins, outs)
     pop, pupd = _pass_specs(eqn, outs[0] or ins[0], ins[2])
-    return [merge(op, pop), idx, merge(upd, pupd)], [merge(op, pop)]
+    fwd, bwd = merge(op, pop), merge(op, pop)
+    d = owned_dim(eqn)
+    if d is not None and eqn.prim is P.scatter_add_p:  # the indexed dim keeps its split
+        rank = len(eqn.inputs[0].shape)
+        along = lambda s: None if s is None or not s.dims[d] else \
+            ShardingSpec.replicated(rank).with_dim(d, s.dims[d])  # noqa: E731
+        fwd, bwd = merge(fwd, along(ins[0])), merge(bwd, along(outs[0]))
+    return [bwd, idx, merge(upd, pupd)], [fwd]
 
 
 def _prop_indexed(eqn, ins, outs):
@@ -103,6 +117,15 @@ def _scatter_plan(eqn, operand: Local, indices: Local, updates: Local) -> list:
 @rule(P.scatter_add_p, prop=prop_scatter)
 def part_scatter_add(ctx, eqn, ins, targets):
     operand, indices, updates = ins
+    parallel = iota.scatter_as_batching(eqn)
+    if parallel is not None:  # iota columns of the indices: batching dims
+        eqn, keep = parallel
+        cols = jnp.take(indices.val, jnp.asarray(keep), axis=-1)
+        indices = Local(cols, indices.spec, eqn.inputs[1].shape)
+        ins = [operand, indices, updates]
+    d = owned_dim(eqn)
+    if d is not None and operand.spec.dims[d] and _owned_cheaper(ctx, eqn, ins, d):
+        return [ctx.reshard(owned_scatter(ctx, eqn, ins, d), targets[0], "scatter-add result")]
     scatter = _scatter_dims(eqn)
     udims = _scatter_plan(eqn, operand, indices, updates)
     idx_dims = [udims[d] for d in scatter] + [()]
@@ -131,3 +154,56 @@ def part_scatter_add(ctx, eqn, ins, targets):
 WHOLE = [p for p in (getattr(P, f"{n}_p", None) for n in ("scatter", "scatter_mul", "scatter_min",
                                                           "scatter_max")) if p is not None]
 rule(WHOLE, prop=prop_none)(part_whole)
+
+
+# ----- scatter-add into an operand split along the dim it indexes: the owning shards add --------
+def owned_dim(eqn):
+    """The operand dim a scatter indexes by single rows (one index per update), else None."""
+    dn = eqn.params["dimension_numbers"]
+    if len(dn.scatter_dims_to_operand_dims) != 1 or dn.operand_batching_dims:
+        return None
+    d = dn.scatter_dims_to_operand_dims[0]
+    return d if d in dn.inserted_window_dims else None
+
+
+def _owned_specs(eqn, operand: Local, d: int):
+    """(operand, updates) specs: the operand split along d (and its pass-through window dims),
+    the updates whole but for those window dims."""
+    axes = operand.spec.dims[d]
+    op = ShardingSpec.replicated(operand.rank).with_dim(d, axes)
+    upd = ShardingSpec.replicated(len(eqn.inputs[2].shape))
+    for od, u in scatter_passthrough(eqn):
+        a = operand.spec.dims[od]
+        if a and not set(a) & set(op.used_axes()):
+            op, upd = op.with_dim(od, a), upd.with_dim(u, a)
+    return op, upd
+
+
+def _owned_cheaper(ctx, eqn, ins, d: int) -> bool:
+    """Updates and indices made whole along their scatter dims cost less than a reduce-scatter
+    of the whole operand (the partial-sum path)."""
+    operand, indices, updates = ins
+    op, upd = _owned_specs(eqn, operand, d)
+    moved = ctx.cost(updates, upd) + ctx.cost(indices, ShardingSpec.replicated(indices.rank))
+    whole = math.prod(operand.shape) * jnp.dtype(operand.dtype).itemsize
+    return moved <= whole
+
+
+def owned_scatter(ctx, eqn, ins, d: int) -> Local:
+    """Each device adds the updates whose rows it holds (others dropped): no partial sum."""
+    op_spec, upd_spec = _owned_specs(eqn, ins[0], d)
+    operand = ctx.reshard(ins[0], op_spec, "scatter-add operand keeps its split")
+    updates = ctx.reshard(ins[2], upd_spec, "scatter-add updates whole along their scatter dims")
+    ids = ctx.reshard(ins[1], ShardingSpec.replicated(ins[1].rank), "scatter indices").val
+    axes, n, L = op_spec.dims[d], operand.shape[d], operand.val.shape[d]
+    if eqn.params["mode"] != GatherScatterMode.FILL_OR_DROP:  # CLIP, PROMISE_IN_BOUNDS
+        ids = jnp.clip(ids, 0, n - 1)
+    local = ids - (ctx.shard_index(axes) * L).astype(ids.dtype)
+    ok = jnp.all((local >= 0) & (local < L) & (ids >= 0) & (ids < n), axis=-1)  # no padding row
+    # rows out of this shard add zeros at a clipped row (no reliance on out-of-bounds drops)
+    keep = jnp.expand_dims(ok, [u for u in range(updates.rank) if u not in _scatter_dims(eqn)])
+    upd = jnp.where(keep, updates.val, jnp.zeros((), updates.dtype))
+    params = dict(eqn.params, mode=GatherScatterMode.CLIP, indices_are_sorted=False,
+                  unique_indices=False)
+    val = eqn.prim.bind(operand.val, jnp.clip(local, 0, L - 1), upd, **params)
+    return Local(val, op_spec, operand.shape)

@@ -2,8 +2,9 @@
 
 Reshape: a sharding survives a group of merged/split dims iff only the most-major dim of the
 group is split and the split count divides it ([8,16] split on dim 0 -> [128] ok; split on dim 1
--> not representable -> reshard). Ops that move data along a dim (slice, pad, concat, rev) need
-that dim unsplit; the other dims pass through.
+-> not representable -> reshard). Ops that move data along a split dim shift shards instead:
+slice and pad in rules/shift.py, concatenate and rev in rules/rotate.py (`part_moving` here, with
+the moved dims whole, is their fallback).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from jax.extend.core import primitives as P
 from ..spmd.shard import Local
 from ..registry import rule
 from ..spec import ShardingSpec, relocate
+from . import iota
 
 
 # ----- reshape groups ---------------------------------------------------------------------------
@@ -150,6 +152,7 @@ def _broadcast_levels(eqn) -> tuple[int, int]:
 
 @rule(P.broadcast_in_dim_p, prop=prop_broadcast, levels=_broadcast_levels)
 def part_broadcast(ctx, eqn, ins, targets):
+    iota.note(eqn)
     t, x = targets[0], ins[0]
     dims = [()] * x.rank
     for i, o in _bcast_map(eqn):
@@ -180,21 +183,8 @@ def _unsplit(spec, dims):
         tuple(() if d in dims else a for d, a in enumerate(spec.dims)))
 
 
-def prop_moving(eqn, ins, outs, mesh):
-    moving = _moving_dims(eqn)
-    rank = len(eqn.outputs[0].shape)
-    cands = [s for s, x in zip(ins, eqn.inputs) if s is not None and len(x.shape) == rank]
-    shape, sizes = eqn.outputs[0].shape, mesh.sizes
-    fwd = relocate(cands[0], moving, shape, sizes) if cands else None  # the split moves, not lost
-    bwd = relocate(outs[0], moving, shape, sizes)
-    return [bwd if len(x.shape) == rank else None for x in eqn.inputs], [fwd]
-
-
-MOVING = [P.concatenate_p, P.rev_p]  # pad and slice: rules/shift.py
-
-
-@rule(MOVING, prop=prop_moving)
 def part_moving(ctx, eqn, ins, targets):
+    """concatenate / rev with their moving dims whole (rules/rotate.py falls back to this)."""
     moving = _moving_dims(eqn)
     rank = len(eqn.outputs[0].shape)
     need = _unsplit(targets[0], moving)
@@ -212,6 +202,7 @@ def prop_iota(eqn, ins, outs, mesh):
 
 @rule(P.iota_p, prop=prop_iota, fwd_level=0)
 def part_iota(ctx, eqn, ins, targets):
+    iota.note(eqn)
     t, p = targets[0], eqn.params
     local = t.local_shape(p["shape"], ctx.sizes)
     dim = p["dimension"]

@@ -6,9 +6,13 @@ Along a moved dim d the result position p reads operand position q(p) (or the pa
 - result unsplit, operand split: each device writes the positions it owns (zeros elsewhere, the
   pad value on one device), a partial sum over the operand's axes, reduced lazily;
 - otherwise the dim is whole and the op local.
-Propagation passes a split through a moved dim whose extent about stays (shifts, small pads).
+Propagation passes a split through a moved dim whose extent about stays (shifts, small pads);
+a slice no bigger than two operand shards is whole where it was cut (the rows a roll wraps).
+The operand keeps its split along the moved dims: it is sliced in place, never resharded first.
 """
 from __future__ import annotations
+
+import math
 
 import jax.numpy as jnp
 from jax import lax
@@ -45,7 +49,17 @@ def prop_shift(eqn, ins, outs, mesh):
     mv = moves(eqn)
     whole = [d for d in mv if not _keeps(eqn, d)]
     keep = lambda s: relocate(s, whole, eqn.outputs[0].shape, mesh.sizes)  # noqa: E731
-    return [keep(outs[0])] + [None] * (len(ins) - 1), [keep(ins[0])]
+    fwd = keep(ins[0])
+    if fwd is not None and whole and _small(eqn, ins[0], mesh):
+        fwd = ShardingSpec(tuple(() if d in whole else a for d, a in enumerate(ins[0].dims)))
+    return [keep(outs[0])] + [None] * (len(ins) - 1), [fwd]
+
+
+def _small(eqn, spec, mesh) -> bool:
+    """A slice result no bigger than two operand shards stays whole where it was cut (a split
+    moved onto another dim costs a reshard of its consumers for little memory)."""
+    out = math.prod(eqn.outputs[0].shape)
+    return out <= 2 * math.prod(spec.local_shape(eqn.inputs[0].shape, mesh.sizes))
 
 
 # ----- one dim --------------------------------------------------------------------------------
@@ -148,9 +162,10 @@ def _fill_holes(ctx, x: Local, mv: dict, pv, in_shape) -> Local:
 def part_shift(ctx, eqn, ins, targets):
     t, mv = targets[0], moves(eqn)
     x = ins[0]
-    used = {a for d, axes in enumerate(t.dims) if d not in mv for a in axes}
-    dims = [t.dims[d] if d not in mv else
-            tuple(a for a in x.spec.dims[d] if a not in used) for d in range(x.rank)]
+    # moved dims keep the operand's split (sliced or padded in place, never moved first)
+    used = {a for d in mv for a in x.spec.dims[d]}
+    dims = [x.spec.dims[d] if d in mv else tuple(a for a in t.dims[d] if a not in used)
+            for d in range(x.rank)]
     used |= {a for d in dims for a in d}
     partial = tuple(a for a in x.spec.partial if a not in used)  # pad and slice are linear
     x = ctx.reshard(x, ShardingSpec(tuple(dims), partial), f"{eqn.prim.name} operand")
