@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .grouped import default_block, routed_ffn  # noqa: F401  (default_block re-exported)
+from .grouped import default_block, inverse, perm_take, routed_ffn  # noqa: F401
 from .routing import sort_ranks
 
 
@@ -32,10 +32,10 @@ def grouped_ffn(x, weights, indices, wi, wo, *, activation=jax.nn.relu, nonpad=N
     expert = indices.reshape(T * k)                                       # [N] token-major
     if nonpad is not None:
         expert = jnp.where(jnp.repeat(nonpad > 0, k), expert, E)
-    token = jnp.repeat(jnp.arange(T, dtype=jnp.int32), k)                 # [N]
-    y = routed_ffn(x, token, expert, wi, wo, block=block, activation=activation)  # [N, M]
+    rows = jnp.repeat(x, k, axis=0)                                       # [N, M] one per route
+    y = routed_ffn(rows, expert, wi, wo, block=block, activation=activation)  # [N, M]
     y = y * weights.reshape(T * k, 1).astype(y.dtype)                     # [N, M]
-    return jnp.zeros((T, M), y.dtype).at[token].add(y)                    # [T, M]
+    return jnp.sum(y.reshape(T, k, M), axis=1)                            # [T, M]
 
 
 def expert_slots(experts, kept, num_experts):
@@ -50,15 +50,13 @@ def expert_slots(experts, kept, num_experts):
 
 # ----- expert-parallel: one manual region --------------------------------------------------------
 def _send_tables(expert, num_devices, local_experts, cap):
-    """expert [N] (E = none) -> (dest [N] device (D = none), flat [N] send slot d·cap + rank
-    (D·cap = none), slot_route [D·cap] route of each slot (N = empty))."""
-    N, D = expert.shape[0], num_devices
-    dest = jnp.minimum(expert // local_experts, D)                        # [N]
+    """expert [N] (E = none) -> (flat [N]: send slot d·cap + rank of each route (D·cap = none),
+    slot_route [D·cap]: its inverse (N = empty slot))."""
+    D = num_devices
+    dest = jnp.minimum(expert // local_experts, D)                        # [N] (D = none)
     rank = sort_ranks(dest[None], D)[0]                                   # [N] < cap
     flat = jnp.where(dest < D, dest * cap + rank, D * cap)                # [N]
-    slot_route = jnp.full((D * cap,), N, jnp.int32).at[flat].set(
-        jnp.arange(N, dtype=jnp.int32), mode="drop")                      # [D·cap]
-    return flat, slot_route
+    return flat, inverse(flat, D * cap)
 
 
 def local_dropless(x, weights, indices, nonpad, wi, wo, *, axis, num_devices, activation,
@@ -71,18 +69,14 @@ def local_dropless(x, weights, indices, nonpad, wi, wo, *, axis, num_devices, ac
     N, cap = T * k, T * min(k, Ed)
     expert = jnp.where(jnp.repeat(nonpad.reshape(T) > 0, k), indices.reshape(N), E)  # [N]
     flat, slot_route = _send_tables(expert, D, Ed, cap)                   # [N], [D·cap]
-    token = jnp.repeat(jnp.arange(T, dtype=jnp.int32), k)                 # [N]
-    xt = x.reshape(T, M)                                                  # [T, M]
-    route_token = jnp.concatenate([token, jnp.full((1,), T, jnp.int32)])  # [N + 1]
-    send = jnp.take(xt, route_token[slot_route], axis=0, mode="fill", fill_value=0)  # [D·cap, M]
-    local_e = jnp.concatenate([expert % Ed, jnp.full((1,), Ed, jnp.int32)])[slot_route]
-    local_e = jnp.where(slot_route < N, local_e, Ed)                      # [D·cap] (E_d = none)
+    rows = jnp.repeat(x.reshape(T, M), k, axis=0)                         # [N, M] one per route
+    send = perm_take(rows, slot_route, flat)                              # [D·cap, M]
+    local_e = jnp.take(expert % Ed, slot_route, mode="fill", fill_value=Ed)  # [D·cap] (Ed = none)
     recv = jax.lax.all_to_all(send.reshape(D, cap, M), axis, 0, 0, tiled=True)  # [D, cap, M]
     recv_e = jax.lax.all_to_all(local_e.reshape(D, cap), axis, 0, 0, tiled=True)  # [D, cap]
-    recv = recv.reshape(D * cap, M)                                       # [D·cap, M]
-    y = routed_ffn(recv, jnp.arange(D * cap, dtype=jnp.int32), recv_e.reshape(D * cap), wi, wo,
-                   expected=N / Ed, block=block, activation=activation)   # [D·cap, M]
+    y = routed_ffn(recv.reshape(D * cap, M), recv_e.reshape(D * cap), wi, wo, expected=N / Ed,
+                   block=block, activation=activation)                    # [D·cap, M]
     back = jax.lax.all_to_all(y.reshape(D, cap, M), axis, 0, 0, tiled=True)  # [D, cap, M]
-    y_route = jnp.take(back.reshape(D * cap, M), flat, axis=0, mode="fill", fill_value=0)  # [N, M]
+    y_route = perm_take(back.reshape(D * cap, M), flat, slot_route)       # [N, M]
     y_route = y_route * weights.reshape(N, 1).astype(y_route.dtype)       # [N, M]
-    return jnp.zeros((T, M), y_route.dtype).at[token].add(y_route).reshape(Gd, S, M)
+    return jnp.sum(y_route.reshape(T, k, M), axis=1).reshape(Gd, S, M)    # [G_d, S, M]
