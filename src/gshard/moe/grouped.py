@@ -12,8 +12,8 @@ expert's routes written into [E, C1, M] buffers, the K busiest experts' further 
 fits); when none fits, the block-grouped layout (each expert's routes padded to blocks of B rows,
 N + E·B rows in all, each block's weights gathered) takes any load. A balanced router lands in
 the first buckets: about the capacity path's cost, with no route dropped. The gradient is a
-custom VJP running the same branch from its saved pre-activations (one [R_max, H] buffer for
-all branches; lax.switch's own VJP would keep, zero-filled, every branch's residuals).
+custom VJP running the same branch from its saved pre-activations (one [R, H] buffer for all
+branches, R the largest capacity layout's rows; the block layout recomputes when larger; lax.switch's own VJP would keep, zero-filled, every branch's residuals).
 """
 from __future__ import annotations
 
@@ -27,8 +27,7 @@ from .routing import sort_ranks
 
 # (C1, C2, K) as multiples of the balanced load m and of E: every expert holds C1·m routes;
 # the K = kf·E busiest hold C2·m more (their weights gathered). Cheapest first.
-BUCKETS = ((1.125, 0.0, 0.0), (1.125, 0.5, 0.25), (1.25, 0.75, 0.25), (1.5, 0.0, 0.0),
-           (2.0, 0.0, 0.0))
+BUCKETS = ((1.125, 0.0, 0.0), (1.125, 0.5, 0.25), (1.25, 0.75, 0.25), (1.5, 0.0, 0.0))
 
 
 def default_block(num_pairs: int, num_experts: int) -> int:
@@ -189,20 +188,24 @@ def _stages(expert, E, caps, block, activation):
     return makers + [functools.partial(_block_stages, expert, E, block, activation)], index
 
 
-def _rows(caps, N, E, B):
-    return max([E * C1 + K * C2 for C1, C2, K in caps] + [_block_rows(N, E, B)])
+def _saved_rows(caps, N, E, B):
+    """Rows of the saved pre-activations: the largest capacity layout's (the block layout's when
+    there is no bucket); a larger layout recomputes its first matmul in the VJP instead."""
+    return max(E * C1 + K * C2 for C1, C2, K in caps) if caps else _block_rows(N, E, B)
 
 
 def _run(x, wi, wo, expert, caps, block, activation):
-    """(y [N, M], pre [R_max, H]: the branch's pre-activations, zero-padded)."""
-    R = _rows(caps, expert.shape[0], wi.shape[0], block)
+    """(y [N, M], pre [R_s, H]: the branch's pre-activations, zero-padded (zeros if larger))."""
+    R = _saved_rows(caps, expert.shape[0], wi.shape[0], block)
     stages, index = _stages(expert, wi.shape[0], caps, block, activation)
 
     def branch(make):
         def f(x, wi, wo):
             s1, s2 = make()
             pre = s1(x, wi)                                               # [R_i, H]
-            return s2(pre, wo), jnp.pad(pre, ((0, R - pre.shape[0]), (0, 0)))
+            keep = jnp.pad(pre, ((0, R - pre.shape[0]), (0, 0))) if pre.shape[0] <= R else \
+                jnp.zeros_like(pre[:R])                                   # [R_s, H]
+            return s2(pre, wo), keep
         return f
     return jax.lax.switch(index, [branch(m) for m in stages], x, wi, wo), index
 
@@ -226,7 +229,8 @@ def _switch_bwd(caps, block, activation, res, dy):
         def f(x, wi, wo, pre, dy):
             s1, s2 = make()
             R_i = jax.eval_shape(s1, x, wi).shape[0]
-            dpre, dwo = jax.vjp(s2, pre[:R_i], wo)[1](dy)
+            p = pre[:R_i] if R_i <= pre.shape[0] else s1(x, wi)           # [R_i, H]
+            dpre, dwo = jax.vjp(s2, p, wo)[1](dy)
             dx, dwi = jax.vjp(s1, x, wi)[1](dpre)
             return dx, dwi, dwo
         return f
