@@ -54,7 +54,7 @@ def _send_tables(expert, num_devices, local_experts, cap):
     slot_route [D·cap]: its inverse (N = empty slot))."""
     D = num_devices
     dest = jnp.minimum(expert // local_experts, D)                        # [N] (D = none)
-    rank = sort_ranks(dest[None], D)[0]                                   # [N] < cap
+    rank = sort_ranks(dest[None], D, scatter=True)[0]                     # [N] < cap
     flat = jnp.where(dest < D, dest * cap + rank, D * cap)                # [N]
     return flat, inverse(flat, D * cap)
 

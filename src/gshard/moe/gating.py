@@ -22,7 +22,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from .routing import sort_ranks
+from .routing import pick, sort_ranks
 
 KINDS = ("top2", "top1", "topk", "expert_choice")
 SECOND_EXPERT_POLICIES = ("all", "random", "sampling")
@@ -141,7 +141,7 @@ def _choose(probs, k, policy, rng):
 
 def _gates(probs, indices, normalize):
     """Gate [G, S] of each choice; normalised by their sum + 1e-9 when `normalize`."""
-    gates = [jnp.take_along_axis(probs, i[..., None], axis=-1)[..., 0] for i in indices]
+    gates = [pick(probs, i[..., None])[..., 0] for i in indices]          # [G, S] each
     if normalize:
         denom = sum(gates) + 1e-9                                          # [G, S]
         gates = [g / denom for g in gates]

@@ -178,7 +178,7 @@ def _block_rows(N, E, B):
 def _stages(expert, E, caps, block, activation):
     """A maker of (stage1, stage2) per bucket, the block layout last (called inside the branch,
     so only the chosen layout's tables are built), and the branch index to run."""
-    rank = sort_ranks(expert[None], E)[0]                                 # [N]
+    rank = sort_ranks(expert[None], E, scatter=True)[0]                   # [N]
     counts = jnp.zeros((E + 1,), jnp.int32).at[expert].add(1)[:E]        # [E]
     n_max = jnp.max(counts)
     fits = [(n_max <= C1 + C2) & (jnp.sum(counts > C1) <= K) for C1, C2, K in caps]
