@@ -276,8 +276,10 @@ def _gather_path(inputs, wi, wo, slot_token, slot_gate, ann, activation):
 
 def _dropless_path(inputs, logits, wi, wo, ann, activation, k, rng, paddings, jitter_eps,
                    block, route_kwargs):
-    """Route with route(); one device: the block-grouped matmul; expert-parallel: the gather
-    path's padded AllToAll at C = S (no group can overflow an expert). Returns (out, aux)."""
+    """Route with route(); one device: grouped_ffn (layout sized at run time); groups and
+    experts on the same mesh axes: one manual region with two AllToAlls (moe/dropless.py);
+    other splits: the gather path's padded AllToAll at C = S (no group can overflow an expert).
+    Returns (out, aux)."""
     G, S, E = logits.shape
     nonpad = _nonpad(paddings, (G, S))                                    # [G, S]
     logits = _jitter(logits, jitter_eps, rng)                             # [G, S, E]
