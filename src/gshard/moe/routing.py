@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 SCORES = ("softmax", "sigmoid")
+PICK_MAX_E = 128  # pick() up to this E, take_along_axis above (as gating._gates)
 
 
 def _scores(logits, score):
@@ -89,7 +90,8 @@ def route(logits, *, k, score="softmax", bias=None, expert_groups=1, top_groups=
     if expert_groups > 1:
         choice = _group_mask(choice, expert_groups, top_groups)
     indices = top_k_indices(jax.lax.stop_gradient(choice), k)            # [T, k]
-    weights = pick(scores, indices)                                       # [T, k]
+    weights = (pick(scores, indices) if scores.shape[-1] <= PICK_MAX_E else
+               jnp.take_along_axis(scores, indices, axis=-1))             # [T, k]
     if normalize:
         weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
     return weights * jnp.float32(scale), indices.astype(jnp.int32)
