@@ -9,9 +9,10 @@ C = 2S/E (so the expert buffers hold exactly 2 slots per token: the expert FFN d
 dense FFN of hidden 2H). Dense: relu(x @ w1 [M,2H]) @ w2 [2H,M] on the same tokens.
 Default shape: 8192 tokens, M=256, H=512, so each expert's matmuls have 2·G·S/E rows (256 at
 E=64, 64 at E=256); `--S 256 --M 128 --H 256` is the small shape (64 rows per expert at E=64).
-dispatch=dropless: every token to both of its top-2 experts, nothing dropped (one device: the
-block-grouped matmul of moe/dropless.py, N + E·B rows for N = 2·G·S routes; 8 devices: the padded
-AllToAll at C = S, E/2 times the routes' rows; memory grows as E·G·S·M, so keep E <= 64 there).
+dispatch=dropless: every token to both of its top-2 experts, nothing dropped (moe/grouped.py:
+the expert FFN's layout picked at run time from the experts' counts, a capacity layout that
+holds them all or the block-grouped layout; 8 devices: one manual region, each device's routes
+sent by an AllToAll of T_d·min(k, E/D) rows per destination, moe/dropless.py).
 mode=train (default): loss = mean(out^2), value and gradients w.r.t. the inputs and all weights;
 mode=fwd: forward only.
 1 device: jax.jit, no annotations. 8 devices (mesh (8,), axis "x"): gshard.partition; the MoE

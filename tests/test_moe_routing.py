@@ -170,3 +170,15 @@ def test_sort_slots_bit_for_bit_with_cumsum(policy, k, E, C):
         on = np.asarray(a).sum(-1) > 0
         np.testing.assert_array_equal(np.asarray(sa)[on], np.asarray(sb)[on])
         assert (np.asarray(sa)[(np.asarray(masks[0]).sum(-1) > 0) & ~on] >= C).all()
+
+
+def test_sort_ranks_scatter_and_sort_back_agree():
+    """Both ways back to position order give every entry its rank among the group's entries
+    to the same expert (num_experts = not routed)."""
+    from gshard.moe.routing import sort_ranks
+    e = jax.random.randint(jax.random.key(2), (3, 40), 0, 6)              # 5 = not routed
+    a, b = sort_ranks(e, 5, scatter=True), sort_ranks(e, 5, scatter=False)
+    np.testing.assert_array_equal(a, b)
+    en = np.asarray(e)
+    want = [[int(np.sum(en[g, :r] == en[g, r])) for r in range(40)] for g in range(3)]
+    np.testing.assert_array_equal(a, want)

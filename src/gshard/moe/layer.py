@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from .. import annotate as _ann
-from .dropless import expert_slots, grouped_ffn
+from ..manual import current_partition_mesh, manual
+from .dropless import expert_slots, grouped_ffn, local_dropless
 from .gating import (GatingResult, _jitter, _nonpad, _routes_to_slots, gating,
                      load_balancing_loss, router_entropy, router_z_loss)
 from .routing import route
@@ -205,7 +206,6 @@ def _check_args(dispatch, route_kwargs, inputs, wg, wi, wo, shared_wi, shared_wo
 def _warn_unsplit(E: int) -> None:
     """Under gshard.partition on several devices, a layer with no mesh_axes/num_partitions keeps
     all E experts on every device: said once per trace, never silently."""
-    from ..manual import current_partition_mesh
     mesh = current_partition_mesh()
     if mesh is None or mesh.size <= 1:
         return
@@ -276,13 +276,18 @@ def _gather_path(inputs, wi, wo, slot_token, slot_gate, ann, activation):
 
 def _dropless_path(inputs, logits, wi, wo, ann, activation, k, rng, paddings, jitter_eps,
                    block, route_kwargs):
-    """Route with route(); one device: the block-grouped matmul; expert-parallel: the gather
-    path's padded AllToAll at C = S (no group can overflow an expert). Returns (out, aux)."""
+    """Route with route(); one device: grouped_ffn (layout sized at run time); groups and
+    experts on the same mesh axes: one manual region with two AllToAlls (moe/dropless.py);
+    other splits: the gather path's padded AllToAll at C = S (no group can overflow an expert).
+    Returns (out, aux)."""
     G, S, E = logits.shape
     nonpad = _nonpad(paddings, (G, S))                                    # [G, S]
     logits = _jitter(logits, jitter_eps, rng)                             # [G, S, E]
     weights, indices = route(logits, k=k, **route_kwargs)                 # [G, S, k] each
-    if ann.on:
+    ep = _expert_parallel(ann, G, wi.shape[0])
+    if ep is not None:
+        out = _manual_dropless(inputs, weights, indices, nonpad, wi, wo, ep, activation, block)
+    elif ann.on and current_partition_mesh() is not None:
         gates = [weights[..., j] * nonpad for j in range(k)]              # [G, S] each
         experts = [indices[..., j] for j in range(k)]
         kept = [nonpad] * k
@@ -295,6 +300,32 @@ def _dropless_path(inputs, logits, wi, wo, ann, activation, k, rng, paddings, ji
                           wi, wo, activation=activation, nonpad=nonpad.reshape(T),
                           block=block).reshape(G, S, M)                   # [G, S, M]
     return out, _dropless_aux(logits, indices, nonpad, route_kwargs.get("score", "softmax"))
+
+
+def _expert_parallel(ann, G, E):
+    """(axes, D) when groups and experts are split over the same mesh axes (D devices dividing
+    G and E) inside gshard.partition: the manual-region dropless layer; else None."""
+    mesh = current_partition_mesh()
+    if mesh is None or ann.axes is None or ann.g != ann.e or ann.h or not ann.g:
+        return None
+    D = 1
+    for a in ann.g:
+        D *= mesh.sizes.get(a, 0)
+    return (ann.g, D) if D > 1 and G % D == 0 and E % D == 0 else None
+
+
+def _manual_dropless(inputs, weights, indices, nonpad, wi, wo, ep, activation, block):
+    """Expert-parallel dropless (moe/dropless.py): one gshard.manual region, two AllToAlls."""
+    axes, D = ep
+    name = axes[0] if len(axes) == 1 else axes
+    split = lambda nd: (name,) + (None,) * (nd - 1)  # noqa: E731
+
+    def body(x, w, i, p, wi, wo):
+        return local_dropless(x, w, i, p, wi, wo, axis=name, num_devices=D,
+                              activation=activation, block=block)
+    region = manual(body, in_specs=(split(3), split(3), split(3), split(2), split(3), split(3)),
+                    out_specs=split(3))
+    return region(inputs, weights, indices, nonpad, wi, wo)              # [G, S, M]
 
 
 def _dropless_aux(logits, indices, nonpad, score):

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 SCORES = ("softmax", "sigmoid")
+PICK_MAX_E = 128  # pick() up to this E, take_along_axis above (as gating._gates)
 
 
 def _scores(logits, score):
@@ -56,6 +57,13 @@ def top_k_indices(x, k):
     return jnp.stack(picks, axis=-1).astype(jnp.int32)                    # [..., k]
 
 
+def pick(x, indices):
+    """x [..., E] at indices [..., k] -> [..., k]: a one-hot select and sum over E (exact: one
+    term is nonzero). Unlike take_along_axis its gradient is no scatter (slow on XLA:CPU)."""
+    hot = indices[..., :, None] == jnp.arange(x.shape[-1], dtype=indices.dtype)  # [..., k, E]
+    return jnp.sum(jnp.where(hot, x[..., None, :], 0.0), axis=-1)         # [..., k]
+
+
 def _group_mask(choice, expert_groups, top_groups):
     """choice [..., E] with the experts outside each token's best `top_groups` groups at -inf."""
     E = choice.shape[-1]
@@ -82,7 +90,8 @@ def route(logits, *, k, score="softmax", bias=None, expert_groups=1, top_groups=
     if expert_groups > 1:
         choice = _group_mask(choice, expert_groups, top_groups)
     indices = top_k_indices(jax.lax.stop_gradient(choice), k)            # [T, k]
-    weights = jnp.take_along_axis(scores, indices, axis=-1)               # [T, k]
+    weights = (pick(scores, indices) if scores.shape[-1] <= PICK_MAX_E else
+               jnp.take_along_axis(scores, indices, axis=-1))             # [T, k]
     if normalize:
         weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
     return weights * jnp.float32(scale), indices.astype(jnp.int32)
@@ -100,14 +109,17 @@ def update_bias(bias, tokens_per_expert, rate):
 
 
 # ----- sort-based slots ------------------------------------------------------------------------
-def sort_ranks(expert, num_experts):
+def sort_ranks(expert, num_experts, *, scatter=None):
     """expert [G, R] int (entries in priority order; num_experts = not routed) -> rank [G, R]
     int32: entry r's position among the group's entries routed to the same expert. Rank < C is
     exactly Algorithm 1's slot when the entries are all first choices, then all second, ...
 
     One stable sort of (expert, position), a running max for each expert's first sorted position,
-    and a sort back to position order: no scatters, no [G, R, E] masks, G a batch dim throughout
-    (it stays local when G is split)."""
+    and the ranks put back in position order: no [G, R, E] masks, G a batch dim throughout (it
+    stays local when G is split). Back to position order by a scatter through the sort's
+    permutation (unique indices; cheaper than a second sort on XLA:CPU) when `scatter` (default:
+    outside gshard.partition), else by a sort (which the partitioner keeps local on a split G)."""
+    from ..manual import current_partition_mesh
     G, R = expert.shape
     pos = jax.lax.broadcasted_iota(jnp.int32, (G, R), 1)                  # [G, R]
     sorted_e, order = jax.lax.sort((expert.astype(jnp.int32), pos), dimension=1, num_keys=1,
@@ -115,5 +127,10 @@ def sort_ranks(expert, num_experts):
     first = jnp.concatenate([jnp.ones((G, 1), bool),
                              sorted_e[:, 1:] != sorted_e[:, :-1]], axis=1)  # [G, R]
     start = jax.lax.cummax(jnp.where(first, pos, 0), axis=1)              # [G, R]
+    if scatter is None:
+        scatter = current_partition_mesh() is None
+    if scatter:
+        back = lambda o, r: jnp.zeros((R,), jnp.int32).at[o].set(r, unique_indices=True)  # noqa: E731
+        return jax.vmap(back)(order, pos - start)                         # [G, R]
     _, rank = jax.lax.sort((order, pos - start), dimension=1, num_keys=1)  # [G, R]
     return rank
