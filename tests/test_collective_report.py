@@ -55,3 +55,26 @@ def test_an_uneven_output_gather_names_the_users_line():
     assert gather.kind == "all_gather" and gather.bytes == 32 * 64 * 4
     assert "holds no uneven split" in gather.reason
     assert "test_collective_report.py" in gather.source
+
+
+def test_a_manual_regions_own_collectives_are_reported_with_the_users_line():
+    mesh = jax.make_mesh((8,), ("x",))
+
+    def body(a):                                              # [16, 8] per device
+        moved = jax.lax.all_to_all(a, "x", 0, 0, tiled=True)  # the user's AllToAll
+        return moved + jax.lax.psum(a.sum(), "x")             # the user's AllReduce
+
+    def f(x):
+        return gshard.manual(body, in_specs=("x", None), out_specs=("x", None))(x) * 2.0
+
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((128, 8)), jnp.float32)
+    low = gshard.partition(f, mesh).lower(x)
+    mine = [c for c in low.collectives if c.reason == "written in a gshard.manual region"]
+    assert sorted(c.kind for c in mine) == ["all_reduce", "all_to_all"]
+    a2a = next(c for c in mine if c.kind == "all_to_all")
+    assert a2a.bytes == 16 * 8 * 4 and "test_collective_report.py" in a2a.source
+    compiled = hlo_collectives(low.program.call.as_text())
+    assert sorted(c.kind for c in compiled) == sorted(c.kind for c in low.collectives)
+    placed = jax.device_put(x, jax.NamedSharding(mesh, jax.P("x")))
+    ref = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=jax.P("x"), out_specs=jax.P("x")))
+    assert np.allclose(gshard.partition(f, mesh)(x), ref(placed) * 2.0, atol=1e-5)

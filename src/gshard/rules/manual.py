@@ -2,12 +2,16 @@
 in_specs, its per-device body evaluated on local shards, results at its out_specs."""
 from __future__ import annotations
 
-from jax.extend.core import jaxpr_as_fun, ClosedJaxpr
+from types import SimpleNamespace
+
+from jax.extend.core import ClosedJaxpr, jaxpr_as_fun, jaxprs_in_params
 
 from ..compat import primitive
 from ..registry import rule
 from ..spec import ShardingSpec
 from ..spmd.shard import Local
+from ..cost.flops import COLLECTIVES, var_bytes
+from ..errors import source_line
 
 SHARD_MAP = primitive("shard_map")
 
@@ -34,9 +38,29 @@ def part_manual(ctx, eqn, ins, targets):
     out_specs = _specs(eqn.params["out_specs"], eqn.outputs)
     _check_even(ctx, eqn, in_specs + out_specs, list(eqn.inputs) + list(eqn.outputs))
     vals = [ctx.reshard(x, s, "operand of a manual region").val for x, s in zip(ins, in_specs)]
+    _record_own(ctx, eqn.params["jaxpr"], eqn.where)
     ctx.rec.source = eqn.where
     outs = jaxpr_as_fun(ClosedJaxpr(eqn.params["jaxpr"], ()))(*vals)
     return [Local(v, s, o.shape) for v, s, o in zip(outs, out_specs, eqn.outputs)]
+
+
+def _record_own(ctx, jaxpr, where: str) -> None:
+    """The region's own collectives (the user wrote them) go in the report like gshard's: kind,
+    axes, per-device bytes (result bytes for an AllGather), the user's line."""
+    for e in jaxpr.eqns:
+        kind = COLLECTIVES.get(e.primitive.name)
+        if kind is not None:
+            vs = e.outvars if kind == "all_gather" else e.invars
+            nbytes = sum(var_bytes(v) for v in vs)
+            ref = SimpleNamespace(shape=(nbytes // max(1, e.invars[0].aval.dtype.itemsize),),
+                                  dtype=e.invars[0].aval.dtype)
+            axes = e.params.get("axes", e.params.get("axis_name", ()))
+            axes = axes if isinstance(axes, (tuple, list)) else (axes,)
+            ctx.rec.source = source_line(e.source_info) or where
+            ctx.rec.add(kind, tuple(a for a in axes if isinstance(a, str)), e.invars[0].aval,
+                        "written in a gshard.manual region", result=ref)
+        for sub in jaxprs_in_params(e.params):
+            _record_own(ctx, sub, where)
 
 
 rule(SHARD_MAP, prop=prop_manual, fwd_level=0)(part_manual)
