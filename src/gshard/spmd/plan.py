@@ -14,10 +14,12 @@ it (the dot rule chooses among layouts with it), and tests check it without devi
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from typing import Mapping, Sequence
 
 from ..spec import ShardingSpec
+from .plan_merge import merge_step
 from .plan_permute import permute_step
 from .plan_uneven import Infeasible, after_merge, before_split, halo_elems
 from .step import COMMUNICATING, Halo, Step
@@ -39,8 +41,24 @@ def _plan(src: ShardingSpec, dst: ShardingSpec, shape, items) -> tuple[Step, ...
     cands = [_staged(src, dst, shape, sizes, halos=True)]
     cp = permute_step(src, dst, shape, sizes)
     cands.append((cp,) if cp is not None else None)
+    joined = merge_step(src, dst, shape, sizes)
+    cands.append((joined,) if joined is not None else None)
     cands.append(_staged(src, dst, shape, sizes, halos=False))
+    cands += [_then_permute(src, mid, dst, shape, sizes) for mid in _reorders(dst)]
     return min((c for c in cands if c is not None), key=lambda s: plan_cost(s, shape, 1, sizes))
+
+
+def _reorders(dst: ShardingSpec):
+    """dst with the axes of some dims in another order: the same tiles on other devices."""
+    for dims in itertools.product(*[itertools.permutations(d) for d in dst.dims]):
+        if dims != dst.dims:
+            yield ShardingSpec(dims, dst.partial)
+
+
+def _then_permute(src, mid, dst, shape, sizes) -> tuple[Step, ...] | None:
+    """A staged plan to `mid` (dst's tiles in another device order), then a CollectivePermute."""
+    first, cp = _staged(src, mid, shape, sizes, halos=True), permute_step(mid, dst, shape, sizes)
+    return None if first is None or cp is None else first + (cp,)
 
 
 def _staged(src, dst, shape, sizes, halos: bool) -> tuple[Step, ...] | None:
@@ -82,8 +100,8 @@ def _main_elems(step: Step, before, after, sizes) -> int:
         local[step.dim] = after[step.dim] * _tiles(step.axes, sizes)
     if step.kind == "all_to_all":      # the receiving dim padded to whole tiles
         local[step.to_dim] = after[step.to_dim] * _tiles(step.axes, sizes)
-    if step.kind == "collective_permute":  # the destination tile
-        local = list(after)
+    if step.kind == "collective_permute":  # the destination tile (over its rounds)
+        return math.prod(before) * len(step.rounds) if step.merge else math.prod(after)
     return math.prod(local)
 
 

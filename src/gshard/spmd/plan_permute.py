@@ -1,9 +1,9 @@
 """CollectivePermute reshards: each device receives its whole destination tile from one device
 whose source tile contains it (a change of device order, or of which replicas hold which tile).
 
-Applies when, per dim, the destination tiling refines the source tiling block by block: the
-destination tile count is r times the source's and one source block is exactly r destination
-blocks (always for even dims; for uneven ones when the padded blocks line up). Over the axes the
+Applies when, per dim, the destination tiling refines the source tiling: the destination tile
+count is r times the source's, and one source block is r destination blocks (always for even
+dims; for an uneven one after a halo exchange lines the padded blocks up). Over the axes the
 two specs use, a source tile is held by as many devices as need one of its r pieces, so a
 bijection exists: a source device sends piece `f // R` (f: its index over the axes its source
 spec leaves unused; R: the destination's replica count) to the replica `f % R` of that piece.
@@ -15,6 +15,7 @@ import itertools
 import math
 
 from ..spec import ShardingSpec
+from .plan_uneven import Infeasible, shift
 from .step import Step
 
 
@@ -26,15 +27,23 @@ def permute_step(src: ShardingSpec, dst: ShardingSpec, shape, sizes) -> Step | N
     axes = tuple(a for a in sizes if a in used)
     if not axes:
         return None
-    sub = []
+    sub, pre = [], None
     for d, n in enumerate(shape):
         ts, td = src.tiles(d, sizes), dst.tiles(d, sizes)
-        if td % ts or -(-n // ts) != (td // ts) * -(-n // td):
+        if td % ts:
             return None
         sub.append(td // ts)
+        old, new = -(-n // ts), sub[-1] * -(-n // td)
+        if old != new:   # uneven: source blocks realigned to whole destination pieces
+            if pre is not None:
+                return None
+            try:
+                pre = shift(n, d, src.dims[d], old, new, sizes) or False
+            except Infeasible:
+                return None
     perm = tuple(pairs(src, dst, axes, sizes, sub))
-    return Step("collective_permute", axes, src, dst, perm=perm,
-                sub=tuple(sub) if any(r > 1 for r in sub) else ())
+    return Step("collective_permute", axes, src, dst, perm=perm, pre=pre or None,
+                sub=tuple(sub) if any(r > 1 for r in sub) or pre is not None else ())
 
 
 def free_axes(spec: ShardingSpec, axes) -> tuple[str, ...]:

@@ -34,8 +34,8 @@ def execute(ctx, x: Local, step: Step, why: str) -> Local:
     want = step.after.local_shape(x.shape, ctx.sizes)
     if step.post:
         val = realign(ctx, val, step.post, why)
-    elif step.kind in ("all_gather", "all_to_all") and val.shape[step.dim] != want[step.dim]:
-        val = lax.slice_in_dim(val, 0, want[step.dim], axis=step.dim)  # trim the padding
+    elif tuple(val.shape) != tuple(want):  # a dim joined whole: trim the padding
+        val = lax.slice(val, (0,) * val.ndim, want)
     assert tuple(val.shape) == tuple(want), (step, val.shape, want)
     return Local(val, step.after, x.shape, x.origin if step.after.partial else "")
 
@@ -73,6 +73,8 @@ def _all_to_all(ctx, x, val, s: Step, why):
 
 
 def _permute(ctx, x, val, s: Step, why):
+    if s.merge:
+        return _join(ctx, val, s, why)
     if s.sub:
         val = _my_piece(ctx, x, val, s)
     return ctx.collective_permute(val, s.axes, s.perm, why)
@@ -83,6 +85,9 @@ def _my_piece(ctx, x, val, s: Step):
     f // R of its tile, f its index over the axes its spec leaves unused, R the destination's
     replicas; per dim a mixed-radix digit of the piece, in units of the destination tile."""
     want = s.after.local_shape(x.shape, ctx.sizes)
+    pad = [(0, w * r - n) for w, r, n in zip(want, s.sub, val.shape)]
+    if any(p for _, p in pad):  # a dim whose one tile holds the data: padded to whole pieces
+        val = jnp.pad(val, pad)
     reps = math.prod(ctx.sizes[a] for a in free_axes(s.after, s.axes))
     piece = ctx.shard_index(free_axes(s.before, s.axes)) // reps
     starts = [None] * x.rank
@@ -90,6 +95,18 @@ def _my_piece(ctx, x, val, s: Step):
         piece, digit = jnp.divmod(piece, s.sub[d])
         starts[d] = digit * want[d]
     return lax.dynamic_slice(val, starts, want)
+
+
+def _join(ctx, val, s: Step, why):
+    """This device's destination tile from its pieces, one CollectivePermute round each
+    (`spmd/plan_merge.py`): piece q arrived in round (q - rho) mod R."""
+    total, rank = len(s.rounds), val.ndim
+    got = jnp.stack([ctx.collective_permute(val, s.axes, p, why) for p in s.rounds])
+    rho = ctx.shard_index(free_axes(s.after, s.axes))
+    pieces = jnp.take(got, (jnp.arange(total) - rho) % total, axis=0)
+    grid = pieces.reshape(tuple(s.merge) + tuple(val.shape))  # piece digits, then the piece
+    grid = grid.transpose([i for d in range(rank) for i in (d, rank + d)])
+    return grid.reshape([r * n for r, n in zip(s.merge, val.shape)])
 
 
 def _slice(ctx, x, val, s: Step, why):

@@ -33,7 +33,9 @@ class Step:
     the axes, zeros elsewhere). `dim`: the dim gathered / scattered / sliced, or the dim an
     AllToAll takes the axes away from (`to_dim` receives them). `pre` / `post`: a halo exchange
     of an uneven dim before / after the main operation. `sub` (CollectivePermute): per dim, the
-    number of destination tiles in one source tile (each source sends one of them)."""
+    number of destination tiles in one source tile (each source sends one of them); `merge`:
+    per dim, the number of source tiles in one destination tile, received over `rounds` (one
+    CollectivePermute each: `spmd/plan_merge.py`)."""
     kind: str
     axes: tuple[str, ...]
     before: ShardingSpec
@@ -46,6 +48,8 @@ class Step:
     pre: Halo | None = None
     post: Halo | None = None
     sub: tuple[int, ...] = ()
+    merge: tuple[int, ...] = ()
+    rounds: tuple[tuple[tuple[int, int], ...], ...] = ()
 
     @property
     def communicates(self) -> bool:
