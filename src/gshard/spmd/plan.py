@@ -44,6 +44,8 @@ def _plan(src: ShardingSpec, dst: ShardingSpec, shape, items) -> tuple[Step, ...
     joined = merge_step(src, dst, shape, sizes)
     cands.append((joined,) if joined is not None else None)
     cands.append(_staged(src, dst, shape, sizes, halos=False))
+    if src.partial:  # axes moved off a dim first can make room for a ReduceScatter onto it
+        cands.append(_staged(src, dst, shape, sizes, halos=True, remove_first=True))
     cands += [_then_permute(src, mid, dst, shape, sizes) for mid in _reorders(dst)]
     return min((c for c in cands if c is not None), key=lambda s: plan_cost(s, shape, 1, sizes))
 
@@ -61,10 +63,12 @@ def _then_permute(src, mid, dst, shape, sizes) -> tuple[Step, ...] | None:
     return None if first is None or cp is None else first + (cp,)
 
 
-def _staged(src, dst, shape, sizes, halos: bool) -> tuple[Step, ...] | None:
+def _staged(src, dst, shape, sizes, halos: bool, remove_first=False) -> tuple[Step, ...] | None:
     """The stage-by-stage plan; without halos, uneven dims whose tiling changes are gathered
     whole first. None where a needed halo exchange is infeasible."""
     stages = (_reduce_partials, _remove_axes, _add_axes, _add_partials)
+    if remove_first:
+        stages = (_remove_axes, _reduce_partials, _add_axes, _add_partials)
     steps: list[Step] = []
     cur = src
     try:
@@ -144,7 +148,8 @@ def _gather_uneven(cur: ShardingSpec, dst: ShardingSpec, shape, sizes):
         if _even(shape[d], src_axes, sizes) and _even(shape[d], dst_axes, sizes):
             continue
         after = cur.with_dim(d, ())
-        yield Step("all_gather", src_axes, cur, after, dim=d, whole=True,
+        whole = _common(src_axes, dst_axes) > 0  # gathered past the axes it keeps
+        yield Step("all_gather", src_axes, cur, after, dim=d, whole=whole,
                    full=not after.used_axes() and not after.partial)
         cur = after
 
@@ -177,11 +182,28 @@ def _reduce_partials(cur: ShardingSpec, dst: ShardingSpec, shape, sizes):
 
 # ----- stage 2: remove axes: AllToAll when the axis moves to another dim, else AllGather --------
 def _remove_axes(cur: ShardingSpec, dst: ShardingSpec, shape, sizes):
-    for d in range(cur.rank):
-        while not _is_prefix(cur.dims[d], dst.dims[d]):
-            step = _all_to_all(cur, dst, shape, sizes, d) or _gather_suffix(cur, dst, shape, sizes, d)
-            yield step
-            cur = step.after
+    yield from _removal(cur, dst, shape, sizes)
+
+
+def _removal(cur: ShardingSpec, dst: ShardingSpec, shape, sizes) -> list[Step]:
+    """AllToAlls while any applies, else the cheapest order of the remaining gathers (an uneven
+    dim gathered before the others is trimmed before they multiply it)."""
+    todo = [d for d in range(cur.rank) if not _is_prefix(cur.dims[d], dst.dims[d])]
+    if not todo:
+        return []
+    step = next((s for d in todo if (s := _all_to_all(cur, dst, shape, sizes, d))), None)
+    if step is not None:
+        return [step] + _removal(step.after, dst, shape, sizes)
+    options = []
+    for d in todo:
+        try:
+            g = _gather_suffix(cur, dst, shape, sizes, d)
+            options.append([g] + _removal(g.after, dst, shape, sizes))
+        except Infeasible:
+            continue
+    if not options:
+        raise Infeasible(f"{cur} -> {dst}")
+    return min(options, key=lambda steps: plan_cost(steps, shape, 1, sizes))
 
 
 def _all_to_all(cur: ShardingSpec, dst: ShardingSpec, shape, sizes, d: int):

@@ -32,10 +32,13 @@ def execute(ctx, x: Local, step: Step, why: str) -> Local:
     val = realign(ctx, x.val, step.pre, why) if step.pre else x.val
     val = _RUN[step.kind](ctx, x, val, step, why)
     want = step.after.local_shape(x.shape, ctx.sizes)
+    keep = list(want)
+    if step.post:   # trim the dims joined whole first: the halo carries only real columns
+        keep[step.post.dim] = val.shape[step.post.dim]
+    if tuple(val.shape) != tuple(keep):
+        val = lax.slice(val, (0,) * val.ndim, keep)
     if step.post:
         val = realign(ctx, val, step.post, why)
-    elif tuple(val.shape) != tuple(want):  # a dim joined whole: trim the padding
-        val = lax.slice(val, (0,) * val.ndim, want)
     assert tuple(val.shape) == tuple(want), (step, val.shape, want)
     return Local(val, step.after, x.shape, x.origin if step.after.partial else "")
 
