@@ -13,16 +13,20 @@ def realign(ctx, val, h: Halo, why: str):
     """val (dim h.dim holding blocks of h.old rows) with blocks of h.new rows."""
     d, tiles = h.dim, _tiles(ctx, h)
     tile = ctx.shard_index(h.axes)
-    note = f"{why} (halo: {h.rows} boundary rows realign uneven dim {d} from {h.old} to {h.new})"
-    if h.backward:  # the tail of tile i-1 goes before this tile's rows
-        send = lax.slice_in_dim(val, h.old - h.rows, h.old, axis=d)
-        got = ctx.collective_permute(send, h.axes, [(i, i + 1) for i in range(tiles - 1)], note)
-        buf = jnp.concatenate([got, val], axis=d)
-        start = h.rows - tile * (h.old - h.new)
-    else:           # the head of tile i+1 goes after them
-        send = lax.slice_in_dim(val, 0, h.rows, axis=d)
-        got = ctx.collective_permute(send, h.axes, [(i + 1, i) for i in range(tiles - 1)], note)
-        buf = jnp.concatenate([val, got], axis=d)
+    note = (f"{why} (halo: {h.received} boundary rows realign uneven dim {d} "
+            f"from {h.old} to {h.new})")
+    parts = []
+    for j in range(1, h.hops + 1):  # from the tile j away: its whole block, the last its edge
+        rows = h.old if j < h.hops else h.rows
+        lo, hi = (h.old - rows, h.old) if h.backward else (0, rows)
+        pairs = [(i, i + j) if h.backward else (i + j, i) for i in range(tiles - j)]
+        parts.append(ctx.collective_permute(lax.slice_in_dim(val, lo, hi, axis=d), h.axes, pairs,
+                                            note))
+    if h.backward:  # [..., tile i-2, tile i-1, own]
+        buf = jnp.concatenate(parts[::-1] + [val], axis=d)
+        start = h.received - tile * (h.old - h.new)
+    else:           # [own, tile i+1, tile i+2, ...]
+        buf = jnp.concatenate([val] + parts, axis=d)
         start = tile * (h.new - h.old)
     if buf.shape[d] < h.span:
         pad = [(0, 0)] * val.ndim

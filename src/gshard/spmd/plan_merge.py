@@ -6,7 +6,8 @@ A source tile is held by R_s devices and needed, as one of the R = prod(r) piece
 destination tile, by R_d = R * R_s devices. In round k the destination replica rho (its index
 over the axes its spec leaves unused) receives piece (rho + k) mod R from source replica
 rho // R: every source sends once a round, every device receives its whole destination tile
-in R rounds. Bytes per device: the destination tile, the least any plan can receive.
+in R rounds. Bytes per device: the destination tile, the least any plan can receive. Used
+for pairs (R = 2): more rounds would make the program grow with the mesh.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from ..spec import ShardingSpec
 from .plan_permute import _linear, _tile, free_axes, unravel
 from .plan_uneven import Infeasible, shift
 from .step import Step
+
+MAX_ROUNDS = 2   # more rounds than an AllGather's one collective: kept to joining pairs
 
 
 def merge_step(src: ShardingSpec, dst: ShardingSpec, shape, sizes) -> Step | None:
@@ -38,7 +41,7 @@ def merge_step(src: ShardingSpec, dst: ShardingSpec, shape, sizes) -> Step | Non
                 post = shift(n, d, dst.dims[d], old, new, sizes) or False
             except Infeasible:
                 return None
-    if math.prod(merge) == 1:
+    if not 1 < math.prod(merge) <= MAX_ROUNDS:
         return None
     rounds = tuple(merge_rounds(src, dst, axes, sizes, merge))
     return Step("collective_permute", axes, src, dst, rounds=rounds, merge=tuple(merge),

@@ -12,14 +12,21 @@ COMMUNICATING = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "co
 class Halo:
     """A realignment of an uneven dim's blocks over its tiles (a halo exchange): tile i holds
     rows [i*old, (i+1)*old) of the padded dim and ends with rows [i*new, (i+1)*new). Each tile
-    receives `rows` boundary rows by one CollectivePermute: the tail of tile i-1 when
-    new < old, the head of tile i+1 when new > old."""
+    receives `rows` boundary rows from the tile `hops` away by one CollectivePermute, and the
+    whole blocks of the tiles between by one each: the tails of tiles i-1.. when new < old,
+    the heads of tiles i+1.. when new > old."""
     dim: int
     axes: tuple[str, ...]      # the dim's tiling while it shifts
     old: int
     new: int
     rows: int
     span: int                  # buffer length the new block is cut from (own + halo + zeros)
+    hops: int = 1
+
+    @property
+    def received(self) -> int:
+        """Rows one tile receives in all."""
+        return (self.hops - 1) * self.old + self.rows
 
     @property
     def backward(self) -> bool:
