@@ -10,6 +10,7 @@ from jax import lax
 from .. import collectives as coll
 from ..mesh import MeshInfo
 from ..spec import ShardingSpec
+from .halo import realign
 from .plan import reshard_cost
 from .reshard import reshard
 from .shard import Local
@@ -106,6 +107,10 @@ class Ctx:
             perm = [(_reindex(s, axes, order, self.sizes), _reindex(d, axes, order, self.sizes))
                     for s, d in perm]
         return coll.collective_permute(self.rec, val, order, perm, why)
+
+    def realign(self, val, halo, why: str):
+        """A halo exchange (spmd/step.py Halo) of val's uneven dim: its blocks realigned."""
+        return realign(self, val, halo, why)
 
     def valid_mask(self, x: Local, dims) -> Any:
         """Bool array of x's local shape: False at padding positions of the uneven `dims`. Built
