@@ -15,7 +15,7 @@ from gshard.spec import ShardingSpec
 from gshard.testing import assert_close
 from gshard.testing.xla import auto_mesh, hlo_collectives, xla_collectives
 
-MESHES = {"8": (8,), "2x4": (2, 4), "2x2x2": (2, 2, 2)}
+MESHES = {"8": (8,), "2x4": (2, 4), "4x2": (4, 2), "2x2x2": (2, 2, 2)}
 # family: [(src dims, dst dims)] in placeholders: A = first axis, B = last axis, ALL = every axis
 FAMILIES = {
     "tiled->tiled": [(("ALL", None), (None, "ALL")), (("AB", None), ("BA", None))],
