@@ -146,18 +146,25 @@ def _uneven_reshape(ctx, x: Local, target: ShardingSpec, src, dst):
     if ctx.cost(x, in_spec) + halo > _even_cost(ctx, x, target, src, dst):
         return None
     x = ctx.reshard(x, in_spec, "reshape operand")
-    val, mid = x.val, list(local_out)
+    val = _reshape_realigned(ctx, x.val, groups, blocks, shifts, local_out)
+    return Local(val, out_spec.with_partial(x.spec.partial), dst)
+
+
+def _reshape_realigned(ctx, val, groups, blocks, shifts, local_out):
+    """The local reshape of the uneven groups: a split group's flat blocks realigned (and padded
+    to whole rows) before it, a merged group's after it; the result cut to `local_out`."""
+    mid = list(local_out)
     for (ma, mb, merging), (_, _, _, old, new), h in zip(groups, blocks, shifts):
         if merging:
             mid[mb] = old
-            continue
-        val = ctx.realign(val, h, "reshape splitting an uneven dim") if h else val
-        val = _fit(val, ma, new)
+        else:
+            val = _fit(ctx.realign(val, h, "reshape splitting an uneven dim") if h else val,
+                       ma, new)
     val = jnp.reshape(val, mid)
-    for (ma, mb, merging), (_, _, _, old, new), h in zip(groups, blocks, shifts):
+    for (_, _, merging), h in zip(groups, shifts):
         if merging and h:
             val = ctx.realign(val, h, "reshape merging an uneven dim")
-    return Local(_fit(val, None, None, tuple(local_out)), out_spec.with_partial(x.spec.partial), dst)
+    return _fit(val, None, None, tuple(local_out))
 
 
 def _divisible(target: ShardingSpec, src, dst, sizes) -> ShardingSpec:
