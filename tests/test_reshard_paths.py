@@ -1,6 +1,7 @@
 """The reshard paths that keep uneven dims padded and move pieces by CollectivePermute, executed
 on devices: halo exchanges before a split or after a join, AllToAlls off and onto uneven dims,
-CollectivePermutes of destination pieces and rounds that join tiles. Every plan using one of
+CollectivePermutes of destination pieces and rounds that join tiles, a mostly-padding dim
+gathered as an AllReduce of its real rows. Every plan using one of
 them (on the four meshes, uneven shapes, partial sums as sources) is priced like the collectives
 it records, and a deterministic sample is run for values."""
 import itertools
@@ -22,7 +23,8 @@ SHAPES = [(6, 5), (13, 10), (3, 17)]
 
 
 def _new_path(step) -> bool:
-    return bool(step.pre or step.post or step.sub or step.merge) or step.kind == "all_to_all"
+    return bool(step.pre or step.post or step.sub or step.merge) or step.kind == "all_to_all" or (
+        step.kind == "all_reduce" and step.dim >= 0)  # an uneven dim gathered as a sum
 
 
 def _pairs(axes, sizes, shape, k, seed):

@@ -84,8 +84,8 @@ class Ctx:
         return coll.axis_index(axes)
 
     # ----- collectives: the only way a rule communicates ----------------------------------------
-    def all_reduce(self, val, axes, why: str, op: str = "sum"):
-        return coll.all_reduce(self.rec, val, tuple(axes), why, op=op)
+    def all_reduce(self, val, axes, why: str, op: str = "sum", *, full=False):
+        return coll.all_reduce(self.rec, val, tuple(axes), why, op=op, full=full)
 
     def all_reduce_many(self, vals: list, axes, why: str) -> list:
         return coll.all_reduce_many(self.rec, vals, tuple(axes), why)

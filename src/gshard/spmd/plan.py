@@ -97,7 +97,7 @@ def step_bytes(step: Step, shape, itemsize: int, sizes) -> int:
 def _main_elems(step: Step, before, after, sizes) -> int:
     if step.kind not in COMMUNICATING:
         return 0
-    local = list(before)
+    local = list(after if step.kind == "all_reduce" else before)
     if step.kind == "all_gather":
         local[step.dim] *= _tiles(step.axes, sizes)
     if step.kind == "reduce_scatter":  # the operand padded to whole tiles
@@ -229,6 +229,9 @@ def _gather_suffix(cur: ShardingSpec, dst: ShardingSpec, shape, sizes, d: int) -
     k = _common(have, dst.dims[d])
     after = cur.with_dim(d, have[:k])
     full = not after.used_axes() and not after.partial
+    if k == 0 and 2 * shape[d] < _tiles(have, sizes) * cur.local_shape(shape, sizes)[d]:
+        # mostly padding: each tile's rows summed into a zero buffer of the real length
+        return Step("all_reduce", have, cur, after, dim=d, full=full)
     post = after_merge(shape[d], have[:k], _tiles(have[k:], sizes), d, sizes)
     return Step("all_gather", have[k:], cur, after, dim=d, full=full, post=post)
 

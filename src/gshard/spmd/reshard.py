@@ -53,7 +53,21 @@ def _all_gather(ctx, x, val, s: Step, why):
 
 
 def _all_reduce(ctx, x, val, s: Step, why):
+    if s.dim >= 0:
+        return _gather_by_sum(ctx, x, val, s, why)
     return ctx.all_reduce(val, s.axes, _why_partial(x, why))
+
+
+def _gather_by_sum(ctx, x, val, s: Step, why):
+    """An uneven dim gathered whole as a sum: this tile's rows written at their place in zeros
+    of the real length plus one block (rows past the end fall into the block, cut off), summed
+    over the tiles. Moves the real length, not the padded one."""
+    d, block, n = s.dim, val.shape[s.dim], x.shape[s.dim]
+    buf = jnp.zeros(val.shape[:d] + (n + block,) + val.shape[d + 1:], val.dtype)
+    start = jnp.minimum(ctx.shard_index(s.axes) * block, n)
+    buf = lax.dynamic_update_slice_in_dim(buf, val, start, axis=d)
+    why = f"{why} (uneven dim {d} gathered as a sum: {n} rows, not {block} per tile)"
+    return ctx.all_reduce(lax.slice_in_dim(buf, 0, n, axis=d), s.axes, why, full=s.full)
 
 
 def _reduce_scatter(ctx, x, val, s: Step, why):
