@@ -78,3 +78,44 @@ def test_a_manual_regions_own_collectives_are_reported_with_the_users_line():
     placed = jax.device_put(x, jax.NamedSharding(mesh, jax.P("x")))
     ref = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=jax.P("x"), out_specs=jax.P("x")))
     assert np.allclose(gshard.partition(f, mesh)(x), ref(placed) * 2.0, atol=1e-5)
+
+
+RESHARDS = {  # name: (rows, src dims, dst dims) in placeholders: A first axis, B last, ALL every
+    "uneven rows to columns (all-to-all, trimmed)": (30, ("ALL", None), (None, "ALL")),
+    "uneven rows split further (halo exchange)": (30, ("A", None), ("AB", None)),
+    "rows to another axis (permute of pieces)": (30, ("A", None), ("B", None)),
+    "rows joined from a larger axis (permute rounds)": (30, ("B", None), ("A", None)),
+    "axes reordered after an all-to-all": (32, ("B", "A"), ("AB", None)),
+    "mostly padding rows gathered as a sum": (3, ("ALL", None), (None, None)),
+}
+ONE_AXIS = ("uneven rows to columns (all-to-all, trimmed)", "mostly padding rows gathered as a sum")
+
+
+def _dims(entry, names):
+    if entry is None:
+        return None
+    if entry == "ALL":
+        return tuple(names)
+    return tuple({"A": names[0], "B": names[-1]}[c] for c in entry)
+
+
+@pytest.mark.parametrize("case", list(RESHARDS))
+def test_reshard_steps_are_the_reported_ones(case, mesh):
+    """The planner's halo exchanges, permutes and trimmed AllToAlls: every collective the
+    compiled program runs is reported, with its bytes."""
+    rows, src, dst = RESHARDS[case]
+    names = mesh.axis_names
+    src, dst = [_dims(e, names) for e in src], [_dims(e, names) for e in dst]
+    flat = [a for e in src + dst if e for a in e]
+    if len(names) == 1 and case not in ONE_AXIS:
+        pytest.skip("needs two mesh axes")
+
+    def f(x):
+        return gshard.mesh_split(jnp.cos(gshard.mesh_split(jnp.sin(x), src)), dst)
+    x = np.random.default_rng(0).normal(size=(rows, 16)).astype(np.float32)
+    pf = gshard.partition(f, mesh)
+    low = pf.lower(x)
+    compiled = hlo_collectives(low.program.call.as_text())
+    assert sorted(c.kind for c in compiled) == sorted(c.kind for c in low.collectives), flat
+    assert sum(c.bytes for c in compiled) == sum(c.bytes for c in low.collectives)
+    np.testing.assert_allclose(np.asarray(pf(x)), np.asarray(jax.jit(f)(x)), rtol=1e-5, atol=1e-5)

@@ -190,12 +190,18 @@ def test_a_rule_with_a_wrong_local_shape_is_stopped(monkeypatch):
 
 
 # ----- full replication is always marked --------------------------------------------------------
-def test_uneven_dim_gathered_whole_is_marked_even_when_split_again():
-    x = rng.normal(size=(7, 8)).astype(np.float32)
+def test_uneven_dim_gathered_whole_is_marked_even_when_split_again(monkeypatch):
+    from gshard.spmd import plan, plan_uneven
+    x = rng.normal(size=(4, 8)).astype(np.float32)
 
-    def f(x):
-        x = gshard.mesh_split(x, ("a", None))
-        return gshard.mesh_split(jnp.sin(x), (None, "a"))  # 7 rows over 2: gathered whole
+    def f(x):  # 4 rows over 8 tiles -> over 4: tile 3 needs rows from 2 tiles back
+        x = gshard.mesh_split(x, (("a", "b", "c"), None))
+        return gshard.mesh_split(jnp.sin(x), (("a", "b"), None))
+    low = _same(f, x)  # a halo exchange from two tiles away: nothing gathered whole
+    assert not any(c.warning for c in low.collectives), low.explain()
+    assert "collective_permute" in {c.kind for c in low.collectives}
+    monkeypatch.setattr(plan_uneven, "MAX_HOPS", 1)  # no halo that far: gathered whole, marked
+    monkeypatch.setattr(plan, "_plan", plan._plan.__wrapped__)
     low = _same(f, x)
     marked = [c for c in low.collectives if c.warning]
     assert marked and marked[0].kind == "all_gather", low.explain()

@@ -71,14 +71,18 @@ def test_collective_kinds_chosen():
     assert kinds(R, S0) == ["slice"]
     assert kinds(P, R) == ["all_reduce"]
     assert kinds(P, S1) == ["reduce_scatter"]
-    assert kinds(S0, S1, (10, 8)) == ["all_gather", "slice"]  # uneven rows: gathered whole
+    assert kinds(S0, S1, (10, 8)) == ["all_to_all"]  # uneven rows: padded, moved, trimmed
     sizes2 = {"a": 2, "b": 4}
     assert [s.kind for s in plan(ShardingSpec((("a", "b"), ())), ShardingSpec((("b", "a"), ())),
                                  (8, 8), sizes2)] == ["collective_permute"]
 
 
 def test_uneven_gather_is_marked():
-    steps = plan(ShardingSpec((("x",), ())), ShardingSpec(((), ("x",))), (10, 8), {"x": 8})
+    """Where no halo exchange can realign an uneven dim (17 rows over 256 tiles down to 16: a
+    tile would need rows from 8 tiles back) it is gathered whole, and the step says so."""
+    steps = plan(ShardingSpec((("x", "y"), ())), ShardingSpec((("x",), ())), (17, 8),
+                 {"x": 16, "y": 16})
+    assert [s.kind for s in steps] == ["all_gather", "slice"]
     assert steps[0].whole and steps[0].full
 
 

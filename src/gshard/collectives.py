@@ -79,9 +79,9 @@ def _wide_sum(fn, x, axes):
     return fn(x, axes)
 
 
-def all_reduce(rec: Recorder, x, axes, reason, op="sum"):
+def all_reduce(rec: Recorder, x, axes, reason, op="sum", *, full=False):
     fn = {"sum": jax.lax.psum, "max": jax.lax.pmax, "min": jax.lax.pmin}[op]
-    rec.add("all_reduce", axes, x, reason, op=op)
+    rec.add("all_reduce", axes, x, reason, op=op, full=full)
     if x.dtype == jnp.bool_:
         y = fn(x.astype(jnp.int32), _name(axes))
         return y.astype(jnp.bool_)

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend.core import primitives as P
 
+from ..spmd.plan import reshard_cost
+from ..spmd.plan_uneven import Infeasible, halo_elems, shift
 from ..spmd.shard import Local
 from ..registry import rule
 from ..spec import ShardingSpec, relocate
@@ -85,12 +87,138 @@ def prop_reshape(eqn, ins, outs, mesh):
 @rule([P.reshape_p, P.squeeze_p], prop=prop_reshape, fwd_level=0)
 def part_reshape(ctx, eqn, ins, targets):
     x, src, dst = ins[0], eqn.inputs[0].shape, eqn.outputs[0].shape
-    want_in = map_reshape(targets[0], dst, src, ctx.sizes)[0]
+    uneven = _uneven_reshape(ctx, x, targets[0], src, dst)
+    if uneven is not None:
+        return [uneven]
+    want_in = map_reshape(_divisible(targets[0], src, dst, ctx.sizes), dst, src, ctx.sizes)[0]
     out_spec, want_in = map_reshape(want_in, src, dst, ctx.sizes)
     x = ctx.reshard(x, want_in.with_partial(x.spec.partial), "reshape operand")
     local = out_spec.local_shape(dst, ctx.sizes)
     val = jnp.reshape(x.val, local)
     return [Local(val, out_spec.with_partial(x.spec.partial), dst)]
+
+
+# ----- reshape of an uneven split: the padded blocks realigned by a halo exchange -----------
+def _uneven_groups(target: ShardingSpec, src, dst, sizes):
+    """(operand spec, [(src dim, dst dim, merging)]) where the target splits only the major dim
+    of a merge (several dims -> one) or a split (one -> several) whose tiles do not divide it;
+    None where there is no such group, or another merged group is split (the even mapping's)."""
+    in_dims, groups = [()] * len(src), []
+    for ga, gb in reshape_groups(src, dst):
+        if not ga or not gb:
+            continue
+        ma, mb = _major(ga, src), _major(gb, dst)
+        axes = tuple(a for d in gb for a in target.dims[d])
+        if len(ga) == 1 and len(gb) == 1:
+            in_dims[ma] = target.dims[mb]
+            continue
+        if not axes:
+            continue
+        t = math.prod(sizes[a] for a in axes)
+        if (len(ga) > 1) == (len(gb) > 1) or axes != target.dims[mb] or not (src[ma] % t or
+                                                                             dst[mb] % t):
+            return None
+        in_dims[ma] = axes
+        groups.append((ma, mb, len(ga) > 1))
+    return (ShardingSpec(tuple(in_dims)), groups) if groups else None
+
+
+def _uneven_reshape(ctx, x: Local, target: ShardingSpec, src, dst):
+    """The reshape where the target splits a merged / split group unevenly: the operand split
+    the same way on the group's major dim and reshaped locally, the flat blocks realigned by a
+    halo exchange (XLA's way, instead of gathering the group whole): merging, from ceil(n/t)
+    major rows' worth to ceil(N/t); splitting, the other way before the local reshape. None:
+    not such a reshape, or no halo exchange reaches far enough."""
+    found = _uneven_groups(target, src, dst, ctx.sizes)
+    if found is None:
+        return None
+    in_spec, groups = found
+    out_spec = ShardingSpec(tuple(target.dims))
+    local_out = list(out_spec.local_shape(dst, ctx.sizes))
+    blocks = [_flat_blocks(ctx, in_spec, g, src, dst, local_out) for g in groups]
+    try:
+        shifts = [shift(n, d, axes, old, new, ctx.sizes) for n, d, axes, old, new in blocks]
+    except Infeasible:
+        return None
+    in_spec = in_spec.with_partial(x.spec.partial)
+    item = jnp.dtype(x.dtype).itemsize
+    local_in = in_spec.local_shape(src, ctx.sizes)
+    halo = item * sum(halo_elems(h, local_out if merging else local_in)
+                      for (_, _, merging), h in zip(groups, shifts))
+    if ctx.cost(x, in_spec) + halo > _even_cost(ctx, x, target, src, dst):
+        return None
+    x = ctx.reshard(x, in_spec, "reshape operand")
+    val = _reshape_realigned(ctx, x.val, groups, blocks, shifts, local_out)
+    return Local(val, out_spec.with_partial(x.spec.partial), dst)
+
+
+def _reshape_realigned(ctx, val, groups, blocks, shifts, local_out):
+    """The local reshape of the uneven groups: a split group's flat blocks realigned (and padded
+    to whole rows) before it, a merged group's after it; the result cut to `local_out`."""
+    mid = list(local_out)
+    for (ma, mb, merging), (_, _, _, old, new), h in zip(groups, blocks, shifts):
+        if merging:
+            mid[mb] = old
+        else:
+            val = _fit(ctx.realign(val, h, "reshape splitting an uneven dim") if h else val,
+                       ma, new)
+    val = jnp.reshape(val, mid)
+    for (_, _, merging), h in zip(groups, shifts):
+        if merging and h:
+            val = ctx.realign(val, h, "reshape merging an uneven dim")
+    return _fit(val, None, None, tuple(local_out))
+
+
+def _divisible(target: ShardingSpec, src, dst, sizes) -> ShardingSpec:
+    """target with the axes on each merged / split group's major dim cut to the longest prefix
+    whose tiles divide the group's major dims (the rest are added after the reshape)."""
+    dims = list(target.dims)
+    for ga, gb in reshape_groups(src, dst):
+        if not ga or not gb or (len(ga) == 1 and len(gb) == 1):
+            continue
+        ma, mb = _major(ga, src), _major(gb, dst)
+        axes = dims[mb]
+        while axes and (src[ma] % _tiles(axes, sizes) or dst[mb] % _tiles(axes, sizes)):
+            axes = axes[:-1]
+        dims[mb] = axes
+    return ShardingSpec(tuple(dims), target.partial)
+
+
+def _even_cost(ctx, x: Local, target: ShardingSpec, src, dst) -> float:
+    """Bytes of the even way: each group split by the longest prefix of its axes that divides
+    it (none: gathered), the rest of the target's axes added after the reshape."""
+    want_in = map_reshape(_divisible(target, src, dst, ctx.sizes), dst, src, ctx.sizes)[0]
+    out_spec = map_reshape(want_in, src, dst, ctx.sizes)[0]
+    item = jnp.dtype(x.dtype).itemsize
+    return ctx.cost(x, want_in.with_partial(x.spec.partial)) + reshard_cost(
+        out_spec, target.drop_partial(), dst, item, ctx.sizes)
+
+
+def _tiles(axes, sizes) -> int:
+    return math.prod(sizes[a] for a in axes)
+
+
+def _flat_blocks(ctx, in_spec, group, src, dst, local_out):
+    """(length, dim, axes, old block, new block) of one uneven group's flat dim: merging, the
+    result dim from ceil(n/t) major rows' worth to ceil(N/t); splitting, the operand dim from
+    ceil(N/t) to ceil(n/t) major rows' worth."""
+    ma, mb, merging = group
+    axes = in_spec.dims[ma]
+    t = math.prod(ctx.sizes[a] for a in axes)
+    if merging:
+        return dst[mb], mb, axes, -(-src[ma] // t) * (dst[mb] // src[ma]), local_out[mb]
+    return src[ma], ma, axes, -(-src[ma] // t), local_out[mb] * (src[ma] // dst[mb])
+
+
+def _fit(val, dim, length, shape=None):
+    """val with dim `dim` zero-padded or cut to `length` (or cut to `shape`)."""
+    if shape is not None:
+        return val if tuple(val.shape) == shape else lax.slice(val, (0,) * val.ndim, shape)
+    if val.shape[dim] >= length:
+        return lax.slice_in_dim(val, 0, length, axis=dim)
+    pad = [(0, 0)] * val.ndim
+    pad[dim] = (0, length - val.shape[dim])
+    return jnp.pad(val, pad)
 
 
 # ----- transpose --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from jax import lax
 from .. import collectives as coll
 from ..mesh import MeshInfo
 from ..spec import ShardingSpec
+from .halo import realign
 from .plan import reshard_cost
 from .reshard import reshard
 from .shard import Local
@@ -92,8 +93,8 @@ class Ctx:
         return coll.axis_index(axes)
 
     # ----- collectives: the only way a rule communicates ----------------------------------------
-    def all_reduce(self, val, axes, why: str, op: str = "sum"):
-        return coll.all_reduce(self.rec, val, tuple(axes), why, op=op)
+    def all_reduce(self, val, axes, why: str, op: str = "sum", *, full=False):
+        return coll.all_reduce(self.rec, val, tuple(axes), why, op=op, full=full)
 
     def all_reduce_many(self, vals: list, axes, why: str) -> list:
         return coll.all_reduce_many(self.rec, vals, tuple(axes), why)
@@ -115,6 +116,10 @@ class Ctx:
             perm = [(_reindex(s, axes, order, self.sizes), _reindex(d, axes, order, self.sizes))
                     for s, d in perm]
         return coll.collective_permute(self.rec, val, order, perm, why)
+
+    def realign(self, val, halo, why: str):
+        """A halo exchange (spmd/step.py Halo) of val's uneven dim: its blocks realigned."""
+        return realign(self, val, halo, why)
 
     def valid_mask(self, x: Local, dims) -> Any:
         """Bool array of x's local shape: False at padding positions of the uneven `dims`. Built

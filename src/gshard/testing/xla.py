@@ -138,9 +138,10 @@ def fmt_counts(counts: dict) -> str:
     return " ".join(f"{short[k]}{v}" for k, v in sorted(counts.items())) or "-"
 
 
-def xla_collectives(fn, mesh, args, in_shardings=None) -> list[HloCollective]:
+def xla_collectives(fn, mesh, args, in_shardings=None, out_shardings=None) -> list[HloCollective]:
     """The collectives XLA inserts for `fn` (gshard annotations as constraints) on `mesh`
-    (Auto axes), the inputs placed by `in_shardings` (PartitionSpecs; default replicated)."""
+    (Auto axes), the inputs placed by `in_shardings` (PartitionSpecs; default replicated), the
+    outputs by `out_shardings` (PartitionSpecs, one per output leaf; default XLA's choice)."""
     leaves, in_tree = jax.tree_util.tree_flatten(args)
     specs = in_shardings or [P()] * len(leaves)
     shardings = tuple(NamedSharding(mesh, getattr(s, "spec", s)) for s in specs)
@@ -148,6 +149,8 @@ def xla_collectives(fn, mesh, args, in_shardings=None) -> list[HloCollective]:
     def flat_fn(*flat):
         return jax.tree_util.tree_leaves(fn(*jax.tree_util.tree_unflatten(in_tree, flat)))
 
+    outs = None if out_shardings is None else [NamedSharding(mesh, getattr(s, "spec", s))
+                                               for s in out_shardings]
     with xla_annotations(mesh):
-        lowered = jax.jit(flat_fn, in_shardings=shardings).lower(*leaves)
+        lowered = jax.jit(flat_fn, in_shardings=shardings, out_shardings=outs).lower(*leaves)
     return hlo_collectives(lowered.compile().as_text())
