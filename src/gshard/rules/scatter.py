@@ -140,6 +140,8 @@ def part_scatter_add(ctx, eqn, ins, targets):
     updates = ctx.reshard(updates, ShardingSpec(tuple(udims)), "scatter-add updates")
     indices = ctx.reshard(indices, idx_spec, "scatter indices")
     axes = tuple(a for d in udims for a in d if a not in op_spec.used_axes())
+    if _would_gather(operand.spec, op_spec):
+        return [_into_zeros(ctx, eqn, operand, indices, updates, op_spec, axes)]
     operand = ctx.reshard(operand, op_spec, "scatter-add operand")
     base = operand.val
     if axes:  # the operand counts once: on the first device of the split axes
@@ -148,6 +150,24 @@ def part_scatter_add(ctx, eqn, ins, targets):
     val = eqn.prim.bind(base, indices.val, updates.val, **eqn.params)
     out = Local(val, op_spec.with_partial(ctx.new_partial(axes)), eqn.outputs[0].shape)
     return [out]
+
+
+def _would_gather(have: ShardingSpec, want: ShardingSpec) -> bool:
+    """The operand is split where the scatter wants it whole (and is no partial sum)."""
+    return not have.partial and any(set(h) - set(w) for h, w in zip(have.dims, want.dims))
+
+
+def _into_zeros(ctx, eqn, operand: Local, indices: Local, updates: Local, op_spec, axes):
+    """operand + scatter-add(zeros, ...): the updates go into local zeros (a partial sum over the
+    updates' split axes), summed straight to the operand's own split and added there, instead
+    of gathering the operand whole (a weak-scaling step's embedding gradient: its zeros are
+    split over the vocabulary; gathering them moves the whole table)."""
+    zeros = jnp.zeros(op_spec.local_shape(operand.shape, ctx.sizes), operand.dtype)
+    upd = ctx.masked(updates, _scatter_dims(eqn), 0)
+    val = eqn.prim.bind(zeros, indices.val, upd.val, **eqn.params)
+    part = Local(val, op_spec.with_partial(ctx.new_partial(axes)), operand.shape)
+    summed = ctx.reshard(part, operand.spec, "scatter-add sum, to the operand's split")
+    return Local(summed.val + operand.val, operand.spec, operand.shape)
 
 
 # ----- other scatters: computed whole, then sliced (reported as full replication) --------------

@@ -23,20 +23,17 @@ from ..spec import ShardingSpec
 
 def update_spec(fwd: ShardingSpec, shape, data_axes, sizes) -> ShardingSpec:
     """`fwd` plus the unused data axes on the largest dim they divide evenly; when none does
-    (a [1024, 16, 64] weight over 2048 replicas), on the dim that leaves the least per device,
-    unevenly (padded tiles: still about 1/N of the state per device)."""
+    (a [1024, 16, 64] weight over 2048 replicas), the longest prefix of those axes that divides
+    a dim evenly, else `fwd` unchanged. Never padded tiles: the optimizer state leaves every
+    step as a jax.Array, which holds no uneven split (each step would gather it whole)."""
     free = [a for a in data_axes if a not in fwd.used_axes()]
-    if not free or not shape:
-        return fwd
-    k = math.prod(sizes[a] for a in free)
-    tiles = [fwd.tiles(d, sizes) * k for d in range(len(shape))]
-    even = [d for d, n in enumerate(shape) if n % tiles[d] == 0]
-    if even:
-        best = max(even, key=lambda d: shape[d])
-    else:
-        best = min(range(len(shape)), key=lambda d: -(-shape[d] // tiles[d]) * math.prod(
-            n for i, n in enumerate(shape) if i != d))
-    return fwd.with_dim(best, fwd.dims[best] + tuple(free))
+    for n in range(len(free), 0, -1):
+        k = math.prod(sizes[a] for a in free[:n])
+        even = [d for d, m in enumerate(shape) if m % (fwd.tiles(d, sizes) * k) == 0]
+        if even:
+            best = max(even, key=lambda d: shape[d])
+            return fwd.with_dim(best, fwd.dims[best] + tuple(free[:n]))
+    return fwd
 
 
 class UpdateSpecs(NamedTuple):
